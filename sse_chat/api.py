@@ -1,0 +1,149 @@
+"""HTTP handlers: parse the request, call the core, render the answer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+from urllib.parse import parse_qs
+
+import trio
+from quart import Quart, Request, Response, request
+
+from .backplane import BackplaneUnavailable
+from .errors import ApiError
+from .ids import MessageId
+from .messages import DEFAULT_ROOM, InvalidMessage, is_valid_room, parse_draft
+from .replica import Replica
+from .stream import event_stream
+
+CUT_OFF_SCOPE = "sse_chat.cut_off"  # ASGI scope key: the request's trio.CancelScope
+RETRY_AFTER_SECONDS = "1"
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+def register_routes(app: Quart, replica: Replica) -> None:
+    """Add the chat API's routes to `app`, serving `replica`."""
+    settings = replica.settings
+
+    async def post_message(room: str = DEFAULT_ROOM) -> tuple[dict[str, Any], int]:
+        _require_room(room)
+        fields = await _read_fields(request)
+        try:
+            draft = parse_draft(room, fields, settings.limits)
+        except InvalidMessage as invalid:
+            raise ApiError(422, "invalid_message", str(invalid), field=invalid.field) from None
+        try:
+            message = await replica.backplane.append(draft)
+        except BackplaneUnavailable as down:
+            raise _unavailable(f"the message could not be stored: {down}") from None
+        return message.to_dict(), 201
+
+    async def list_messages(room: str) -> dict[str, Any]:
+        _require_room(room)
+        raw = request.args.get("limit", str(settings.default_history_limit))
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= settings.history_size:
+            raise ApiError(
+                422,
+                "invalid_limit",
+                f"limit must be a whole number from 1 to {settings.history_size}",
+                field="limit",
+            )
+        try:
+            messages = await replica.backplane.recent(room, int(raw))
+        except BackplaneUnavailable as down:
+            raise _unavailable(f"history cannot be read: {down}") from None
+        return {"room": room, "messages": [message.to_dict() for message in messages]}
+
+    async def stream_events(room: str = DEFAULT_ROOM) -> Response:
+        _require_room(room)
+        after = _last_event_id(request)
+        if replica.draining:
+            raise _unavailable("this replica is shutting down; reconnect to another")
+        cut_off = cast(trio.CancelScope | None, request.scope.get(CUT_OFF_SCOPE))
+        body = event_stream(
+            replica.backplane,
+            room,
+            after,
+            replica=settings.replica_id,
+            retry_ms=settings.retry_ms,
+            keepalive_seconds=settings.keepalive_seconds,
+            on_overflow=None if cut_off is None else cut_off.cancel,
+        )
+        response = Response(body, status=200, headers=SSE_HEADERS)
+        response.timeout = None  # a stream lives as long as its client: no response timeout
+        return response
+
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "replica": settings.replica_id}
+
+    async def readyz() -> dict[str, Any]:
+        if replica.draining:
+            raise _unavailable("draining")
+        if not replica.backplane.connected:
+            raise _unavailable("the backplane is not connected")
+        return {"status": "ready", "replica": settings.replica_id}
+
+    app.add_url_rule("/messages", view_func=post_message, methods=["POST"])
+    app.add_url_rule("/rooms/<room>/messages", view_func=post_message, methods=["POST"])
+    app.add_url_rule("/rooms/<room>/messages", view_func=list_messages, methods=["GET"])
+    app.add_url_rule("/events", view_func=stream_events, methods=["GET"])
+    app.add_url_rule("/rooms/<room>/events", view_func=stream_events, methods=["GET"])
+    app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
+    app.add_url_rule("/readyz", view_func=readyz, methods=["GET"])
+
+
+def _require_room(room: str) -> None:
+    if not is_valid_room(room):
+        raise ApiError(
+            404,
+            "invalid_room",
+            "room names are 1-64 letters, digits, '_' or '-', starting with a letter or digit",
+        )
+
+
+def _unavailable(message: str) -> ApiError:
+    return ApiError(503, "unavailable", message, headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+def _last_event_id(request: Request) -> MessageId | None:
+    raw = request.headers.get("Last-Event-ID") or request.args.get("lastEventId") or ""
+    if not raw.strip():
+        return None
+    try:
+        return MessageId.parse(raw)
+    except ValueError as bad:
+        raise ApiError(400, "invalid_last_event_id", str(bad)) from None
+
+
+async def _read_fields(request: Request) -> dict[str, object]:
+    """The posted fields of a JSON or url-encoded form body."""
+    kind = request.mimetype
+    if kind not in ("application/json", "application/x-www-form-urlencoded"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send application/json or application/x-www-form-urlencoded"
+            + (f", not {kind}" if kind else " (the Content-Type header is missing)"),
+        )
+    body: bytes = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed_body", "the body is not valid UTF-8") from None
+    if kind == "application/x-www-form-urlencoded":
+        try:
+            form = parse_qs(text, keep_blank_values=True, max_num_fields=16, errors="strict")
+        except (ValueError, UnicodeDecodeError) as bad:
+            raise ApiError(400, "malformed_body", f"the form cannot be read: {bad}") from None
+        return {name: values[0] for name, values in form.items()}
+    try:
+        data = json.loads(text)
+    except ValueError as bad:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {bad}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "malformed_json", 'the body must be a JSON object {"user", "text"}')
+    return cast(dict[str, object], data)

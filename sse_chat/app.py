@@ -1,0 +1,88 @@
+"""create_app(settings): the ASGI app of one replica, its routes and its lifespan."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, cast
+
+import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
+from quart import Response, jsonify, send_file
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from .api import CUT_OFF_SCOPE, register_routes
+from .config import Settings
+from .errors import HTTP_ERROR_CODES, ApiError
+from .replica import Replica
+
+
+def static_dir() -> Path:
+    """The page's files: inside the installed package, else the checkout's `static/`."""
+    package = Path(__file__).resolve().parent
+    installed = package / "static"
+    return installed if installed.is_dir() else package.parent / "static"
+
+
+class ChatApp(QuartTrio):
+    """The Quart-Trio app of one replica."""
+
+    replica: Replica
+
+    async def asgi_app(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await super().asgi_app(scope, receive, send)
+            return
+        replica_header = (b"x-replica", self.replica.settings.replica_id.encode())
+
+        async def send_with_replica(event: ASGISendEvent) -> None:
+            if event["type"] == "http.response.start":
+                event["headers"] = [*event.get("headers", ()), replica_header]
+            await send(event)
+
+        # A stream whose client falls behind is cut off by cancelling its whole request, which
+        # also ends a write that is stuck on the client's full socket.
+        with trio.CancelScope() as cut_off:
+            cast(dict[str, Any], scope)[CUT_OFF_SCOPE] = cut_off
+            await super().asgi_app(scope, receive, send_with_replica)
+
+
+def create_app(settings: Settings | None = None) -> ChatApp:
+    """A replica's app; settings default to the environment."""
+    settings = settings or Settings.from_env(os.environ)
+    app = ChatApp(__name__, static_folder=str(static_dir()), static_url_path="/static")
+    app.replica = replica = Replica(settings)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep a message's field order
+    register_routes(app, replica)
+
+    @app.get("/")
+    async def index() -> Response:
+        return await send_file(static_dir() / "index.html", mimetype="text/html")
+
+    @app.before_serving
+    async def start_backplane() -> None:
+        await app.nursery.start(replica.backplane.run)
+
+    @app.errorhandler(ApiError)
+    async def render_api_error(error: ApiError) -> Response:
+        response = jsonify(error.body())
+        response.status_code = error.status
+        response.headers.update(error.headers)
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def render_http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        code = HTTP_ERROR_CODES.get(status, "http_error")
+        response = jsonify({"error": code, "message": error.description or error.name})
+        response.status_code = status
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value  # e.g. `Allow` on a 405
+        return response
+
+    return app

@@ -1,0 +1,6 @@
+"""Backplanes: the embedded one (default) and, when configured, Redis."""
+
+from .base import Backplane, BackplaneUnavailable, Replay
+from .memory import MemoryBackplane
+
+__all__ = ["Backplane", "BackplaneUnavailable", "MemoryBackplane", "Replay"]

@@ -1,0 +1,95 @@
+"""The embedded backplane: one process, history in memory, no external service."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import trio
+
+from ..hub import Hub, Subscriber
+from ..ids import ZERO_ID, MessageId
+from ..messages import Draft, Message
+from .base import Replay
+
+
+class _RoomLog:
+    """A room's bounded history and the last id it handed out."""
+
+    __slots__ = ("last_id", "messages", "trimmed_id")
+
+    def __init__(self, size: int) -> None:
+        self.messages: deque[Message] = deque(maxlen=size)
+        self.last_id = ZERO_ID
+        # The newest id dropped from history, if any: a resume from before it has a gap.
+        self.trimmed_id: MessageId | None = None
+
+
+class MemoryBackplane:
+    """Stores and publishes within this process; every call completes without waiting."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        replica: str,
+        history_size: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._hub = hub
+        self._replica = replica
+        self._history_size = history_size
+        self._clock = clock
+        self._rooms: dict[str, _RoomLog] = {}
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def append(self, draft: Draft) -> Message:
+        log = self._rooms.get(draft.room)
+        if log is None:
+            log = self._rooms[draft.room] = _RoomLog(self._history_size)
+        now = self._clock()
+        log.last_id = log.last_id.successor(int(now * 1000))
+        message = Message.from_draft(
+            draft, log.last_id, self._replica, datetime.fromtimestamp(now, UTC)
+        )
+        if len(log.messages) == log.messages.maxlen:
+            log.trimmed_id = log.messages[0].id
+        log.messages.append(message)
+        self._hub.publish(message)
+        return message
+
+    async def recent(self, room: str, limit: int) -> list[Message]:
+        log = self._rooms.get(room)
+        if log is None or limit <= 0:
+            return []
+        return list(log.messages)[-limit:]
+
+    async def since(self, room: str, after: MessageId) -> Replay:
+        log = self._rooms.get(room)
+        if log is None:
+            return Replay([], gap=False, oldest=None)
+        newer: list[Message] = []
+        for message in reversed(log.messages):
+            if message.id <= after:
+                break
+            newer.append(message)
+        newer.reverse()
+        oldest = log.messages[0].id if log.messages else None
+        gap = log.trimmed_id is not None and after < log.trimmed_id
+        return Replay(newer, gap=gap, oldest=oldest)
+
+    @asynccontextmanager
+    async def subscribe(
+        self, room: str, on_overflow: Callable[[], None] | None = None
+    ) -> AsyncIterator[Subscriber]:
+        with self._hub.subscribe(room, on_overflow) as subscriber:
+            yield subscriber

@@ -1,0 +1,91 @@
+"""Settings: environment variables (and CLI flags) -> one typed, frozen object."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .messages import Limits
+
+ENV_PREFIX = "SSE_CHAT_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a replica can be told. Each field is also `SSE_CHAT_<FIELD>`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replica_id: str = field(default_factory=socket.gethostname)
+    history_size: int = 1000
+    keepalive_seconds: float = 15.0
+    retry_ms: int = 3000
+    client_buffer: int = 256
+    max_user_length: int = 40
+    max_text_length: int = 4000
+    max_body_bytes: int = 16 * 1024
+    default_history_limit: int = 50
+    graceful_timeout_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "port", "must be 0..65535")
+        _check(bool(self.replica_id), "replica_id", "must not be empty")
+        _check(self.replica_id.isprintable(), "replica_id", "must be printable")
+        for name in (
+            "history_size",
+            "client_buffer",
+            "max_user_length",
+            "max_text_length",
+            "max_body_bytes",
+            "default_history_limit",
+        ):
+            _check(getattr(self, name) >= 1, name, "must be at least 1")
+        _check(self.keepalive_seconds > 0, "keepalive_seconds", "must be positive")
+        _check(self.retry_ms >= 0, "retry_ms", "must not be negative")
+        _check(self.graceful_timeout_seconds >= 0, "graceful_timeout_seconds", "must be >= 0")
+
+    @property
+    def limits(self) -> Limits:
+        """Message field limits."""
+        return Limits(max_user=self.max_user_length, max_text=self.max_text_length)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read every `SSE_CHAT_*` variable that is set; defaults for the rest."""
+        return cls().updated(
+            {
+                spec.name: environ[ENV_PREFIX + spec.name.upper()]
+                for spec in fields(cls)
+                if ENV_PREFIX + spec.name.upper() in environ
+            }
+        )
+
+    def updated(self, raw: Mapping[str, object]) -> Settings:
+        """A copy with the given fields replaced; strings are converted to each field's type."""
+        types = {spec.name: spec.type for spec in fields(self)}
+        changes: dict[str, Any] = {}
+        for name, value in raw.items():
+            if value is None:
+                continue
+            convert = _CONVERTERS[str(types[name])]
+            try:
+                changes[name] = convert(value) if isinstance(value, str) else value
+            except ValueError:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name.upper()}: {value!r} is not a valid {types[name]}"
+                ) from None
+        return replace(self, **changes)
+
+
+_CONVERTERS: dict[str, Callable[[str], object]] = {"str": str, "int": int, "float": float}
+
+
+def _check(ok: bool, name: str, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()} {rule}")

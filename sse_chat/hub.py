@@ -1,0 +1,119 @@
+"""Local fan-out: each room's subscribers on this replica, each with a bounded buffer.
+
+Publishing never waits: a subscriber whose buffer is full is cut off (its `on_overflow` runs
+and it ends), so one slow client cannot slow the others. It reconnects and resumes from history.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import trio
+
+from .messages import Message
+
+
+class SubscriptionEnded(Exception):
+    """The subscriber was closed (replica draining) or cut off (it fell behind)."""
+
+    def __init__(self, overflowed: bool) -> None:
+        super().__init__("subscriber fell behind" if overflowed else "subscription closed")
+        self.overflowed = overflowed
+
+
+class Subscriber:
+    """One client's view of a room: messages wait here until its stream takes them."""
+
+    __slots__ = ("_capacity", "_lot", "_pending", "closed", "on_overflow", "overflowed", "room")
+
+    def __init__(
+        self, room: str, capacity: int, on_overflow: Callable[[], None] | None = None
+    ) -> None:
+        self.room = room
+        self.on_overflow = on_overflow
+        self.closed = False
+        self.overflowed = False
+        self._capacity = capacity
+        self._pending: deque[Message] = deque()
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def push(self, message: Message) -> None:
+        """Queue a message without waiting; overflowing the buffer cuts the subscriber off."""
+        if self.closed:
+            return
+        if len(self._pending) >= self._capacity:
+            self.overflowed = True
+            self.close()
+            if self.on_overflow is not None:
+                self.on_overflow()
+            return
+        self._pending.append(message)
+        self._lot.unpark_all()
+
+    def close(self) -> None:
+        """End the subscription; a waiting `receive_batch` raises SubscriptionEnded."""
+        self.closed = True
+        self._pending.clear()
+        self._lot.unpark_all()
+
+    async def receive_batch(self) -> list[Message]:
+        """Wait for messages and take all that are waiting, oldest first."""
+        while not self._pending:
+            if self.closed:
+                raise SubscriptionEnded(self.overflowed)
+            await self._lot.park()
+        batch = list(self._pending)
+        self._pending.clear()
+        return batch
+
+
+class Hub:
+    """room -> subscribers on this replica."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._rooms: dict[str, set[Subscriber]] = {}
+        self.closed = False
+
+    @contextmanager
+    def subscribe(
+        self, room: str, on_overflow: Callable[[], None] | None = None
+    ) -> Iterator[Subscriber]:
+        """Register a subscriber for the duration of the block."""
+        subscriber = Subscriber(room, self._capacity, on_overflow)
+        if self.closed:
+            subscriber.close()
+        self._rooms.setdefault(room, set()).add(subscriber)
+        try:
+            yield subscriber
+        finally:
+            subscribers = self._rooms[room]
+            subscribers.discard(subscriber)
+            if not subscribers:
+                del self._rooms[room]
+
+    def publish(self, message: Message) -> None:
+        """Hand a message to every subscriber of its room, without waiting."""
+        for subscriber in tuple(self._rooms.get(message.room, ())):
+            subscriber.push(message)
+
+    def has_subscribers(self, room: str) -> bool:
+        """True while at least one local client follows `room`."""
+        return room in self._rooms
+
+    def rooms(self) -> list[str]:
+        """Rooms that have local subscribers."""
+        return list(self._rooms)
+
+    def subscriber_count(self) -> int:
+        """Open subscriptions on this replica."""
+        return sum(len(subscribers) for subscribers in self._rooms.values())
+
+    def close(self) -> None:
+        """End every subscription and refuse new ones (the replica is draining)."""
+        self.closed = True
+        for subscribers in self._rooms.values():
+            for subscriber in subscribers:
+                subscriber.close()

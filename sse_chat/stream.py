@@ -1,0 +1,54 @@
+"""A client's event stream: subscribe, replay what it missed, then follow live, once each."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import trio
+
+from . import sse
+from .backplane import Backplane
+from .hub import SubscriptionEnded
+from .ids import MessageId
+
+
+async def event_stream(
+    backplane: Backplane,
+    room: str,
+    after: MessageId | None,
+    *,
+    replica: str,
+    retry_ms: int,
+    keepalive_seconds: float,
+    on_overflow: Callable[[], None] | None = None,
+) -> AsyncIterator[bytes]:
+    """The bytes of one SSE response, until the subscription ends."""
+    # Subscribe before reading history: a message stored meanwhile is then both replayed and
+    # queued live, and the id check below drops the second copy. The other order loses it.
+    async with backplane.subscribe(room, on_overflow) as subscriber:
+        yield sse.opening_frame(retry_ms, replica, room)
+        last = after
+        if after is not None:
+            replay = await backplane.since(room, after)
+            frames = [sse.gap_frame(after, replay.oldest)] if replay.gap else []
+            frames += [sse.message_frame(message) for message in replay.messages]
+            if replay.messages:
+                last = replay.messages[-1].id
+            if frames:
+                yield b"".join(frames)
+        while True:
+            batch = None
+            with trio.move_on_after(keepalive_seconds):
+                try:
+                    batch = await subscriber.receive_batch()
+                except SubscriptionEnded:
+                    return
+            if batch is None:
+                yield sse.KEEPALIVE_FRAME
+                continue
+            if last is not None:
+                batch = [message for message in batch if message.id > last]
+                if not batch:
+                    continue
+            last = batch[-1].id
+            yield b"".join([sse.message_frame(message) for message in batch])
