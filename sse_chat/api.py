@@ -6,7 +6,6 @@ import json
 from typing import Any, cast
 from urllib.parse import parse_qs
 
-import trio
 from quart import Quart, Request, Response, request
 
 from .backplane import BackplaneUnavailable
@@ -16,12 +15,15 @@ from .messages import DEFAULT_ROOM, InvalidMessage, is_valid_room, parse_draft
 from .replica import Replica
 from .stream import event_stream
 
-CUT_OFF_SCOPE = "sse_chat.cut_off"  # ASGI scope key: the request's trio.CancelScope
 RETRY_AFTER_SECONDS = "1"
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
+    # When a stream ends (drain, slow client) the client reconnects on a new connection, which
+    # the load balancer may send to another replica; hypercorn would not serve a reused one
+    # once it is shutting down.
+    "Connection": "close",
 }
 
 
@@ -63,7 +65,6 @@ def register_routes(app: Quart, replica: Replica) -> None:
         after = _last_event_id(request)
         if replica.draining:
             raise _unavailable("this replica is shutting down; reconnect to another")
-        cut_off = cast(trio.CancelScope | None, request.scope.get(CUT_OFF_SCOPE))
         body = event_stream(
             replica.backplane,
             room,
@@ -71,7 +72,6 @@ def register_routes(app: Quart, replica: Replica) -> None:
             replica=settings.replica_id,
             retry_ms=settings.retry_ms,
             keepalive_seconds=settings.keepalive_seconds,
-            on_overflow=None if cut_off is None else cut_off.cancel,
         )
         response = Response(body, status=200, headers=SSE_HEADERS)
         response.timeout = None  # a stream lives as long as its client: no response timeout

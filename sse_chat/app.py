@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, cast
 
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
@@ -12,7 +11,7 @@ from quart import Response, jsonify, send_file
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from .api import CUT_OFF_SCOPE, register_routes
+from .api import register_routes
 from .config import Settings
 from .errors import HTTP_ERROR_CODES, ApiError
 from .replica import Replica
@@ -43,11 +42,7 @@ class ChatApp(QuartTrio):
                 event["headers"] = [*event.get("headers", ()), replica_header]
             await send(event)
 
-        # A stream whose client falls behind is cut off by cancelling its whole request, which
-        # also ends a write that is stuck on the client's full socket.
-        with trio.CancelScope() as cut_off:
-            cast(dict[str, Any], scope)[CUT_OFF_SCOPE] = cut_off
-            await super().asgi_app(scope, receive, send_with_replica)
+        await super().asgi_app(scope, receive, send_with_replica)
 
 
 def create_app(settings: Settings | None = None) -> ChatApp:
@@ -63,9 +58,21 @@ def create_app(settings: Settings | None = None) -> ChatApp:
     async def index() -> Response:
         return await send_file(static_dir() / "index.html", mimetype="text/html")
 
+    # The backplane runs in the lifespan's nursery; its own scope stops it at once on shutdown
+    # instead of waiting out Quart's grace period for background tasks.
+    backplane_scope = trio.CancelScope()
+
+    async def run_backplane(task_status: trio.TaskStatus[None]) -> None:
+        with backplane_scope:
+            await replica.backplane.run(task_status=task_status)
+
     @app.before_serving
     async def start_backplane() -> None:
-        await app.nursery.start(replica.backplane.run)
+        await app.nursery.start(run_backplane)
+
+    @app.after_serving
+    async def stop_backplane() -> None:
+        backplane_scope.cancel()
 
     @app.errorhandler(ApiError)
     async def render_api_error(error: ApiError) -> Response:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import aclosing
 from functools import partial
 
 import trio
@@ -80,10 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _tail(url: str, room: str, last_event_id: str | None, as_json: bool) -> None:
-    import json
-
-    async for message in follow_room(url, room, last_event_id):
-        if as_json:
-            print(json.dumps(message, ensure_ascii=False), flush=True)
-        else:
-            print(f"{message['ts']} {message['user']}: {message['text']}", flush=True)
+    async with aclosing(follow_room(url, room, last_event_id)) as messages:
+        async for message in messages:
+            if as_json:
+                print(json.dumps(message, ensure_ascii=False), flush=True)
+            else:
+                print(f"{message['ts']} {message['user']}: {message['text']}", flush=True)

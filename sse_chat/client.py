@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import httpx
@@ -26,9 +27,11 @@ async def post_message(base_url: str, room: str, user: str, text: str) -> dict[s
     return body
 
 
-async def read_events(response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
+async def read_events(response: httpx.Response) -> AsyncGenerator[ServerSentEvent, None]:
     """The events (and comments) of an open SSE response."""
     decoder = SSEDecoder()
+    # httpx's own line iterator is not closed early here: it chains generators that it does
+    # not close itself either, so aclosing() it would not help.
     async for line in response.aiter_lines():
         event = decoder.feed(line)
         if event is not None:
@@ -37,7 +40,7 @@ async def read_events(response: httpx.Response) -> AsyncIterator[ServerSentEvent
 
 async def follow_room(
     base_url: str, room: str, last_event_id: str | None = None, reconnect: bool = True
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """Every message of a room from now (or after `last_event_id`), reconnecting as needed."""
     delay = 1.0
     timeout = httpx.Timeout(10, read=None)
@@ -49,12 +52,13 @@ async def follow_room(
                     "GET", f"/rooms/{room}/events", headers=headers
                 ) as response:
                     response.raise_for_status()
-                    async for event in read_events(response):
-                        if event.retry is not None:
-                            delay = event.retry / 1000
-                        if event.event == "message":
-                            last_event_id = event.id or last_event_id
-                            yield json.loads(event.data)
+                    async with aclosing(read_events(response)) as events:
+                        async for event in events:
+                            if event.retry is not None:
+                                delay = event.retry / 1000
+                            if event.event == "message":
+                                last_event_id = event.id or last_event_id
+                                yield json.loads(event.data)
             except httpx.TransportError:
                 pass
             if not reconnect:

@@ -1,13 +1,13 @@
 """Local fan-out: each room's subscribers on this replica, each with a bounded buffer.
 
-Publishing never waits: a subscriber whose buffer is full is cut off (its `on_overflow` runs
-and it ends), so one slow client cannot slow the others. It reconnects and resumes from history.
+Publishing never waits: a subscriber whose buffer is full is cut off (it ends, and so does its
+stream), so one slow client cannot slow the others. It reconnects and resumes from history.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import trio
@@ -26,13 +26,10 @@ class SubscriptionEnded(Exception):
 class Subscriber:
     """One client's view of a room: messages wait here until its stream takes them."""
 
-    __slots__ = ("_capacity", "_lot", "_pending", "closed", "on_overflow", "overflowed", "room")
+    __slots__ = ("_capacity", "_lot", "_pending", "closed", "overflowed", "room")
 
-    def __init__(
-        self, room: str, capacity: int, on_overflow: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, room: str, capacity: int) -> None:
         self.room = room
-        self.on_overflow = on_overflow
         self.closed = False
         self.overflowed = False
         self._capacity = capacity
@@ -46,8 +43,6 @@ class Subscriber:
         if len(self._pending) >= self._capacity:
             self.overflowed = True
             self.close()
-            if self.on_overflow is not None:
-                self.on_overflow()
             return
         self._pending.append(message)
         self._lot.unpark_all()
@@ -78,11 +73,9 @@ class Hub:
         self.closed = False
 
     @contextmanager
-    def subscribe(
-        self, room: str, on_overflow: Callable[[], None] | None = None
-    ) -> Iterator[Subscriber]:
+    def subscribe(self, room: str) -> Iterator[Subscriber]:
         """Register a subscriber for the duration of the block."""
-        subscriber = Subscriber(room, self._capacity, on_overflow)
+        subscriber = Subscriber(room, self._capacity)
         if self.closed:
             subscriber.close()
         self._rooms.setdefault(room, set()).add(subscriber)

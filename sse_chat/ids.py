@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_ID_PATTERN = re.compile(r"(\d{1,20})-(\d{1,20})")
+_ID_PATTERN = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _MAX_PART = 2**64 - 1
 
 

@@ -11,7 +11,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from .app import create_app
+from .app import ChatApp, create_app
 from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,15 @@ async def wait_for_stop_signal() -> None:
 async def serve(
     settings: Settings,
     *,
+    app: ChatApp | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_stop_signal,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run one replica until `shutdown_trigger` returns; report the base URL once listening."""
-    app = create_app(settings)
+    """Run one replica until `shutdown_trigger` returns; report the base URL once listening.
+
+    `app` defaults to `create_app(settings)`.
+    """
+    app = app or create_app(settings)
 
     async def drain_then_stop() -> None:
         await shutdown_trigger()

@@ -85,7 +85,7 @@ class SSEDecoder:
         elif name == "id" and "\0" not in value:
             self.last_event_id = value
             self._saw_id = True
-        elif name == "retry" and value.isdigit():
+        elif name == "retry" and value.isascii() and value.isdigit():
             self._retry = int(value)
         return None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import trio
 
@@ -20,12 +20,11 @@ async def event_stream(
     replica: str,
     retry_ms: int,
     keepalive_seconds: float,
-    on_overflow: Callable[[], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """The bytes of one SSE response, until the subscription ends."""
     # Subscribe before reading history: a message stored meanwhile is then both replayed and
     # queued live, and the id check below drops the second copy. The other order loses it.
-    async with backplane.subscribe(room, on_overflow) as subscriber:
+    async with backplane.subscribe(room) as subscriber:
         yield sse.opening_frame(retry_ms, replica, room)
         last = after
         if after is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -52,8 +51,6 @@ class Backplane(Protocol):
         """Every retained message of a room with an id greater than `after`."""
         ...
 
-    def subscribe(
-        self, room: str, on_overflow: Callable[[], None] | None = None
-    ) -> AbstractAsyncContextManager[Subscriber]:
+    def subscribe(self, room: str) -> AbstractAsyncContextManager[Subscriber]:
         """Receive the room's new messages; live once the block is entered."""
         ...

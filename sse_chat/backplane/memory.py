@@ -88,8 +88,6 @@ class MemoryBackplane:
         return Replay(newer, gap=gap, oldest=oldest)
 
     @asynccontextmanager
-    async def subscribe(
-        self, room: str, on_overflow: Callable[[], None] | None = None
-    ) -> AsyncIterator[Subscriber]:
-        with self._hub.subscribe(room, on_overflow) as subscriber:
+    async def subscribe(self, room: str) -> AsyncIterator[Subscriber]:
+        with self._hub.subscribe(room) as subscriber:
             yield subscriber

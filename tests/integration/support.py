@@ -1,0 +1,95 @@
+"""Helpers for tests that talk to real replicas over real sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import trio
+
+from sse_chat.app import ChatApp
+from sse_chat.client import read_events
+from sse_chat.config import Settings
+from sse_chat.sse import ServerSentEvent
+
+TIMEOUT = 10  # seconds any single wait in these tests may take before it counts as a hang
+
+
+@dataclass
+class RunningReplica:
+    """A replica served in the background; `stop()` drains it and waits until it is gone."""
+
+    url: str
+    settings: Settings
+    app: ChatApp
+    _stop: trio.Event = field(default_factory=trio.Event)
+    stopped: trio.Event = field(default_factory=trio.Event)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        with trio.fail_after(TIMEOUT):
+            await self.stopped.wait()
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        timeout = httpx.Timeout(TIMEOUT, read=None)
+        return httpx.AsyncClient(base_url=self.url, timeout=timeout, **kwargs)
+
+
+class EventStream:
+    """An open SSE response, read event by event with a timeout."""
+
+    def __init__(self, response: httpx.Response, events: AsyncIterator[ServerSentEvent]) -> None:
+        self.response = response
+        self._events = events
+
+    async def next_event(self) -> ServerSentEvent:
+        """The next event or comment; raises StopAsyncIteration when the stream ends."""
+        with trio.fail_after(TIMEOUT):
+            return await anext(self._events)
+
+    async def next_named(self, name: str) -> ServerSentEvent:
+        """Skip comments and other events up to the next event called `name`."""
+        while True:
+            event = await self.next_event()
+            if event.event == name:
+                return event
+
+    async def messages(self, count: int) -> list[ServerSentEvent]:
+        """The next `count` chat messages."""
+        return [await self.next_named("message") for _ in range(count)]
+
+    async def rest(self) -> list[ServerSentEvent]:
+        """Every remaining event until the server ends the stream."""
+        remaining = []
+        with trio.fail_after(TIMEOUT):
+            async for event in self._events:
+                remaining.append(event)
+        return remaining
+
+
+@asynccontextmanager
+async def open_stream(
+    client: httpx.AsyncClient, path: str = "/events", headers: dict[str, str] | None = None
+) -> AsyncIterator[EventStream]:
+    """GET an SSE path and wait for its `ready` event."""
+    async with client.stream("GET", path, headers=headers) as response:
+        assert response.status_code == 200, (await response.aread()).decode()
+        async with aclosing(read_events(response)) as events:
+            stream = EventStream(response, events)
+            ready = await stream.next_event()
+            assert ready.event == "ready", ready
+            yield stream
+
+
+async def post(
+    client: httpx.AsyncClient, text: str, user: str = "ana", room: str | None = None
+) -> dict[str, Any]:
+    """Post a message as JSON; assert it was stored; return it."""
+    path = f"/rooms/{room}/messages" if room else "/messages"
+    response = await client.post(path, json={"user": user, "text": text})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from sse_chat.config import ConfigError, Settings
+from sse_chat.messages import Limits
+
+
+def test_defaults_apply_when_no_variable_is_set() -> None:
+    settings = Settings.from_env({"PATH": "/bin", "SSE_CHAT": "x", "OTHER_PORT": "1"})
+    assert settings == Settings(replica_id=socket.gethostname())
+    assert (settings.host, settings.port, settings.history_size) == ("127.0.0.1", 8000, 1000)
+    assert (settings.keepalive_seconds, settings.retry_ms, settings.client_buffer) == (
+        15.0,
+        3000,
+        256,
+    )
+    assert settings.limits == Limits(max_user=40, max_text=4000)
+
+
+def test_every_variable_is_read_and_converted_to_its_field_type() -> None:
+    settings = Settings.from_env(
+        {
+            "SSE_CHAT_HOST": "0.0.0.0",
+            "SSE_CHAT_PORT": "9000",
+            "SSE_CHAT_REPLICA_ID": "replica-7",
+            "SSE_CHAT_HISTORY_SIZE": "20",
+            "SSE_CHAT_KEEPALIVE_SECONDS": "0.5",
+            "SSE_CHAT_RETRY_MS": "0",
+            "SSE_CHAT_CLIENT_BUFFER": "8",
+            "SSE_CHAT_MAX_USER_LENGTH": "10",
+            "SSE_CHAT_MAX_TEXT_LENGTH": "100",
+            "SSE_CHAT_MAX_BODY_BYTES": "2048",
+            "SSE_CHAT_DEFAULT_HISTORY_LIMIT": "5",
+            "SSE_CHAT_GRACEFUL_TIMEOUT_SECONDS": "2",
+        }
+    )
+    assert settings == Settings(
+        host="0.0.0.0",
+        port=9000,
+        replica_id="replica-7",
+        history_size=20,
+        keepalive_seconds=0.5,
+        retry_ms=0,
+        client_buffer=8,
+        max_user_length=10,
+        max_text_length=100,
+        max_body_bytes=2048,
+        default_history_limit=5,
+        graceful_timeout_seconds=2.0,
+    )
+    assert type(settings.port) is int
+    assert type(settings.graceful_timeout_seconds) is float
+    assert settings.limits == Limits(max_user=10, max_text=100)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SSE_CHAT_PORT", "http"),
+        ("SSE_CHAT_PORT", ""),
+        ("SSE_CHAT_PORT", "80.5"),
+        ("SSE_CHAT_HISTORY_SIZE", "many"),
+        ("SSE_CHAT_KEEPALIVE_SECONDS", "soon"),
+        ("SSE_CHAT_RETRY_MS", "1e3"),
+    ],
+)
+def test_value_of_the_wrong_type_raises_config_error_naming_the_variable(
+    name: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"^{name}: {value!r} is not a valid"):
+        Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SSE_CHAT_PORT", "-1"),
+        ("SSE_CHAT_PORT", "65536"),
+        ("SSE_CHAT_REPLICA_ID", ""),
+        ("SSE_CHAT_REPLICA_ID", "bad\nid"),
+        ("SSE_CHAT_HISTORY_SIZE", "0"),
+        ("SSE_CHAT_CLIENT_BUFFER", "0"),
+        ("SSE_CHAT_MAX_USER_LENGTH", "0"),
+        ("SSE_CHAT_MAX_TEXT_LENGTH", "0"),
+        ("SSE_CHAT_MAX_BODY_BYTES", "0"),
+        ("SSE_CHAT_DEFAULT_HISTORY_LIMIT", "-5"),
+        ("SSE_CHAT_KEEPALIVE_SECONDS", "0"),
+        ("SSE_CHAT_KEEPALIVE_SECONDS", "nan"),
+        ("SSE_CHAT_RETRY_MS", "-1"),
+        ("SSE_CHAT_GRACEFUL_TIMEOUT_SECONDS", "-0.1"),
+    ],
+)
+def test_value_out_of_range_raises_config_error_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{name} "):
+        Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize("port", ["0", "65535"])
+def test_port_bounds_are_accepted(port: str) -> None:
+    assert Settings.from_env({"SSE_CHAT_PORT": port}).port == int(port)
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_updated_keeps_fields_given_as_none_and_converts_strings() -> None:
+    settings = Settings(replica_id="r1").updated({"port": "81", "host": None, "retry_ms": 5})
+    assert (settings.port, settings.host, settings.retry_ms) == (81, "127.0.0.1", 5)
