@@ -32,6 +32,7 @@ class Settings:
     max_body_bytes: int = 16 * 1024
     default_history_limit: int = 50
     graceful_timeout_seconds: float = 5.0
+    send_timeout_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
@@ -49,6 +50,7 @@ class Settings:
         _check(self.keepalive_seconds > 0, "keepalive_seconds", "must be positive")
         _check(self.retry_ms >= 0, "retry_ms", "must not be negative")
         _check(self.graceful_timeout_seconds >= 0, "graceful_timeout_seconds", "must be >= 0")
+        _check(self.send_timeout_seconds > 0, "send_timeout_seconds", "must be positive")
 
     @property
     def limits(self) -> Limits:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -17,11 +18,31 @@ from .config import Settings
 log = logging.getLogger(__name__)
 
 
-def hypercorn_config(settings: Settings) -> Config:
-    """hypercorn's settings for one replica."""
+def listening_socket(settings: Settings) -> socket.socket:
+    """The replica's bound TCP socket.
+
+    Made here rather than by hypercorn so that the connections it accepts inherit a send
+    timeout (TCP_USER_TIMEOUT): a client that stops reading while data waits for it would
+    otherwise hold its connection forever, since hypercorn's writes have no timeout.
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            timeout_ms = max(1, round(settings.send_timeout_seconds * 1000))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
+        sock.bind((settings.host, settings.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def hypercorn_config(settings: Settings, sock: socket.socket) -> Config:
+    """hypercorn's settings for one replica listening on `sock` (hypercorn then owns it)."""
     config = Config()
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
+    config.bind = [f"fd://{sock.detach()}"]
     config.graceful_timeout = settings.graceful_timeout_seconds
     config.include_server_header = False
     config.accesslog = None
@@ -57,7 +78,10 @@ async def serve(
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(
             partial(
-                hypercorn_serve, app, hypercorn_config(settings), shutdown_trigger=drain_then_stop
+                hypercorn_serve,
+                app,
+                hypercorn_config(settings, listening_socket(settings)),
+                shutdown_trigger=drain_then_stop,
             )
         )
         log.info("replica %s listening on %s", settings.replica_id, binds[0])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +16,13 @@ from sse_chat.config import Settings
 from sse_chat.sse import ServerSentEvent
 
 TIMEOUT = 10  # seconds any single wait in these tests may take before it counts as a hang
+
+
+async def wait_until(condition: Callable[[], bool], interval: float = 0.02) -> None:
+    """Poll `condition` until it holds (or TIMEOUT): only for states that signal no event."""
+    with trio.fail_after(TIMEOUT):
+        while not condition():  # noqa: ASYNC110 - nothing to await: the state is polled
+            await trio.sleep(interval)
 
 
 @dataclass

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
 import trio
 import trio.testing
 
 from .conftest import StartReplica
-from .support import TIMEOUT, open_stream, post
+from .support import TIMEOUT, open_stream, post, wait_until
 
 
 def _live_tasks() -> int:
@@ -95,3 +96,22 @@ async def test_streams_are_refused_while_draining(start_replica: StartReplica) -
     assert ready_during.status_code == 503
     assert ready_during.json()["error"] == "unavailable"
     assert refused.status_code == 503 and refused.headers["retry-after"]
+
+
+async def test_a_client_that_never_reads_is_disconnected_after_the_send_timeout(
+    start_replica: StartReplica,
+) -> None:
+    replica = await start_replica(client_buffer=8, send_timeout_seconds=0.5)
+    hub = replica.app.replica.hub
+    silent = await _open_unread_stream(replica.url)
+    async with replica.client() as client:
+        await wait_until(lambda: hub.subscriber_count() == 1)  # its request has arrived
+        for _ in range(300):  # enough to fill every buffer between us and the silent client
+            await post(client, "x" * 3900)
+    # The kernel gives up on the connection once nothing was acknowledged for 0.5 s; the
+    # server then drops the stream.
+    await wait_until(lambda: hub.subscriber_count() == 0)
+    with pytest.raises(trio.BrokenResourceError):
+        while await silent.receive_some(65536):
+            pass
+    await silent.aclose()
