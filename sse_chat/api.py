@@ -65,6 +65,8 @@ def register_routes(app: Quart, replica: Replica) -> None:
         after = _last_event_id(request)
         if replica.draining:
             raise _unavailable("this replica is shutting down; reconnect to another")
+        if not replica.backplane.connected:
+            raise _unavailable("the backplane is not connected; try again shortly")
         body = event_stream(
             replica.backplane,
             room,

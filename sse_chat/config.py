@@ -33,6 +33,10 @@ class Settings:
     default_history_limit: int = 50
     graceful_timeout_seconds: float = 5.0
     send_timeout_seconds: float = 30.0
+    # Empty: the embedded backplane. Else redis://, rediss://, unix:// or redis+sentinel://.
+    redis_url: str = ""
+    redis_password_file: str = ""
+    redis_prefix: str = "sse-chat"
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
@@ -51,6 +55,17 @@ class Settings:
         _check(self.retry_ms >= 0, "retry_ms", "must not be negative")
         _check(self.graceful_timeout_seconds >= 0, "graceful_timeout_seconds", "must be >= 0")
         _check(self.send_timeout_seconds > 0, "send_timeout_seconds", "must be positive")
+
+    @property
+    def redis_password(self) -> str | None:
+        """The password read from `redis_password_file` (a Docker secret), if one is named."""
+        if not self.redis_password_file:
+            return None
+        try:
+            with open(self.redis_password_file, encoding="utf-8") as secret:
+                return secret.read().strip()
+        except OSError as error:
+            raise ConfigError(f"{ENV_PREFIX}REDIS_PASSWORD_FILE: cannot read it: {error}") from None
 
     @property
     def limits(self) -> Limits:

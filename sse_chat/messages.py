@@ -69,7 +69,11 @@ class Message:
     @classmethod
     def from_json(cls, text: str | bytes) -> Message:
         """Decode the JSON form produced by `json`; raise ValueError if it is not one."""
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: object) -> Message:
+        """Build a message from its `to_dict` form; raise ValueError if it is not one."""
         if not isinstance(data, dict):
             raise ValueError("a message must be a JSON object")
         try:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .backplane import Backplane, MemoryBackplane
-from .config import Settings
+from .backplane.redis import RedisBackplane, parse_redis_url
+from .config import ConfigError, Settings
 from .hub import Hub
 
 
@@ -13,10 +14,20 @@ class Replica:
     def __init__(self, settings: Settings, backplane: Backplane | None = None) -> None:
         self.settings = settings
         self.hub = Hub(settings.client_buffer)
-        self.backplane: Backplane = backplane or MemoryBackplane(
-            self.hub, settings.replica_id, settings.history_size
-        )
+        self.backplane: Backplane = backplane or self._default_backplane()
         self.draining = False
+
+    def _default_backplane(self) -> Backplane:
+        settings = self.settings
+        if not settings.redis_url:
+            return MemoryBackplane(self.hub, settings.replica_id, settings.history_size)
+        try:
+            target = parse_redis_url(settings.redis_url, settings.redis_password)
+        except ValueError as bad:
+            raise ConfigError(f"SSE_CHAT_REDIS_URL: {bad}") from None
+        return RedisBackplane(
+            self.hub, settings.replica_id, settings.history_size, target, settings.redis_prefix
+        )
 
     @property
     def ready(self) -> bool:

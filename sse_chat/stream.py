@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import trio
 
 from . import sse
-from .backplane import Backplane
+from .backplane import Backplane, BackplaneUnavailable
 from .hub import SubscriptionEnded
 from .ids import MessageId
 
@@ -24,30 +24,34 @@ async def event_stream(
     """The bytes of one SSE response, until the subscription ends."""
     # Subscribe before reading history: a message stored meanwhile is then both replayed and
     # queued live, and the id check below drops the second copy. The other order loses it.
-    async with backplane.subscribe(room) as subscriber:
-        yield sse.opening_frame(retry_ms, replica, room)
-        last = after
-        if after is not None:
-            replay = await backplane.since(room, after)
-            frames = [sse.gap_frame(after, replay.oldest)] if replay.gap else []
-            frames += [sse.message_frame(message) for message in replay.messages]
-            if replay.messages:
-                last = replay.messages[-1].id
-            if frames:
-                yield b"".join(frames)
-        while True:
-            batch = None
-            with trio.move_on_after(keepalive_seconds):
-                try:
-                    batch = await subscriber.receive_batch()
-                except SubscriptionEnded:
-                    return
-            if batch is None:
-                yield sse.KEEPALIVE_FRAME
-                continue
-            if last is not None:
-                batch = [message for message in batch if message.id > last]
-                if not batch:
+    # If the backplane fails, the stream just ends: the client reconnects and resumes.
+    try:
+        async with backplane.subscribe(room) as subscriber:
+            yield sse.opening_frame(retry_ms, replica, room)
+            last = after
+            if after is not None:
+                replay = await backplane.since(room, after)
+                frames = [sse.gap_frame(after, replay.oldest)] if replay.gap else []
+                frames += [sse.message_frame(message) for message in replay.messages]
+                if replay.messages:
+                    last = replay.messages[-1].id
+                if frames:
+                    yield b"".join(frames)
+            while True:
+                batch = None
+                with trio.move_on_after(keepalive_seconds):
+                    try:
+                        batch = await subscriber.receive_batch()
+                    except SubscriptionEnded:
+                        return
+                if batch is None:
+                    yield sse.KEEPALIVE_FRAME
                     continue
-            last = batch[-1].id
-            yield b"".join([sse.message_frame(message) for message in batch])
+                if last is not None:
+                    batch = [message for message in batch if message.id > last]
+                    if not batch:
+                        continue
+                last = batch[-1].id
+                yield b"".join([sse.message_frame(message) for message in batch])
+    except BackplaneUnavailable:
+        return

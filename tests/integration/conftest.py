@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +14,8 @@ from sse_chat.app import ChatApp, create_app
 from sse_chat.config import Settings
 from sse_chat.server import serve
 
-from .support import RunningReplica
+from .redis_server import RedisServer
+from .support import RunningReplica, wait_until
 
 StartReplica = Callable[..., Awaitable[RunningReplica]]
 
@@ -40,6 +42,7 @@ async def start_replica(nursery: trio.Nursery) -> AsyncIterator[StartReplica]:
 
         replica.url = await nursery.start(run)
         running.append(replica)
+        await wait_until(lambda: app.replica.ready)  # e.g. until Redis is connected
         return replica
 
     yield start
@@ -57,3 +60,28 @@ async def replica(start_replica: StartReplica) -> RunningReplica:
 async def client(replica: RunningReplica) -> AsyncIterator[httpx.AsyncClient]:
     async with replica.client() as client:
         yield client
+
+
+StartRedis = Callable[..., Awaitable[RedisServer]]
+
+
+@pytest.fixture
+async def start_redis(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[StartRedis]:
+    """Starts redis-server processes on free ports (extra arguments are passed on)."""
+    servers: list[RedisServer] = []
+
+    async def start(*extra: str) -> RedisServer:
+        server = RedisServer(nursery, tmp_path / f"redis{len(servers)}", *extra)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.kill()
+
+
+@pytest.fixture
+async def redis(start_redis: StartRedis) -> RedisServer:
+    """A redis-server with AOF on and fsync on every write, as in production."""
+    return await start_redis("--appendonly", "yes", "--appendfsync", "always")
