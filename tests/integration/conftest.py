@@ -70,8 +70,9 @@ async def start_redis(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[St
     """Starts redis-server processes on free ports (extra arguments are passed on)."""
     servers: list[RedisServer] = []
 
-    async def start(*extra: str) -> RedisServer:
+    async def start(*extra: str, sentinel_of: RedisServer | None = None) -> RedisServer:
         server = RedisServer(nursery, tmp_path / f"redis{len(servers)}", *extra)
+        server.sentinel_of = sentinel_of
         await server.start()
         servers.append(server)
         return server

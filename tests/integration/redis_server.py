@@ -31,12 +31,27 @@ class RedisServer:
         self.directory = directory
         self.extra = list(extra)
         self.process: trio.Process | None = None
+        self.sentinel_of: RedisServer | None = None  # set: this is a sentinel monitoring it
+
+    def _sentinel_config(self) -> Path:
+        assert self.sentinel_of is not None
+        config = self.directory / "sentinel.conf"
+        if not config.exists():  # the sentinel rewrites it as it learns; keep its version
+            config.write_text(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                f"sentinel monitor primary 127.0.0.1 {self.sentinel_of.port} 1\n"
+                "sentinel down-after-milliseconds primary 500\n"
+                "sentinel failover-timeout primary 5000\n"
+            )
+        return config
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
+        if self.sentinel_of is not None:
+            return ["redis-server", str(self._sentinel_config()), "--sentinel"]
         return [
             "redis-server",
             "--port", str(self.port),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
@@ -100,3 +101,26 @@ async def post(
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+class Collector:
+    """Reads a stream in the background, keeping its messages and counting keepalives."""
+
+    def __init__(self, stream: EventStream) -> None:
+        self.stream = stream
+        self.messages: list[dict[str, Any]] = []
+        self.keepalives = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                event = await self.stream.next_event()
+            except StopAsyncIteration:
+                return
+            if event.event == "message":
+                self.messages.append(json.loads(event.data))
+            elif event.comment == "keepalive":
+                self.keepalives += 1
+
+    def has_all(self, ids: set[str]) -> bool:
+        return ids <= {message["id"] for message in self.messages}
