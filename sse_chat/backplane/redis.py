@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -155,7 +156,7 @@ class RedisBackplane:
         self._subscribed: set[str] = set()  # rooms the pub/sub connection follows
         self._last_forwarded: dict[str, MessageId] = {}  # per followed room
         self._subscription_lock = trio.Lock()
-        self._leaving_send, self._leaving_receive = trio.open_memory_channel[str](1_000_000)
+        self._leaving_send, self._leaving_receive = trio.open_memory_channel[str](math.inf)
         self._pong = trio.Event()
         self._append_script: Any = None
         self._since_script: Any = None
@@ -225,14 +226,14 @@ class RedisBackplane:
         if not self._connected:
             raise BackplaneUnavailable("Redis is not connected")
         # Join the hub first: a concurrent unsubscribe of the room then sees this client.
-        with self._hub.subscribe(room) as subscriber:
-            try:
+        try:
+            with self._hub.subscribe(room) as subscriber:
                 if room not in self._subscribed:
                     await self._follow_room(room)
                 yield subscriber
-            finally:
-                if not self._hub.has_subscribers(room):
-                    self._leaving_send.send_nowait(room)
+        finally:
+            if not self._hub.has_subscribers(room):
+                self._leaving_send.send_nowait(room)
 
     # -- following rooms --------------------------------------------------------------------
     def _require_client(self) -> coredis.Redis[str]:
@@ -320,6 +321,10 @@ class RedisBackplane:
         ):
             await pubsub.subscribe(self._control_channel())
             async with self._subscription_lock:
+                # Rooms left while disconnected are dropped here rather than resubscribed.
+                self._subscribed = {
+                    room for room in self._subscribed if self._hub.has_subscribers(room)
+                }
                 rooms = sorted(self._subscribed)
                 if rooms:
                     await pubsub.subscribe(*(self._channel(room) for room in rooms))

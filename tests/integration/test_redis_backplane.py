@@ -117,3 +117,28 @@ async def test_the_redis_password_is_read_from_a_secret_file(
     async with replica.client() as client, open_stream(client) as stream:
         message = await post(client, "through a password")
         assert json.loads((await stream.next_named("message")).data) == message
+
+
+async def _subscribers(redis: RedisServer, channel: str) -> int:
+    result = await trio.run_process(
+        ["redis-cli", "-p", str(redis.port), "PUBSUB", "NUMSUB", channel], capture_stdout=True
+    )
+    return int(result.stdout.split()[1])
+
+
+async def test_a_replica_follows_a_room_only_while_it_has_local_clients(
+    start_replica: StartReplica, redis: RedisServer
+) -> None:
+    replica = await start_replica(redis_url=redis.url)
+    channel = "sse-chat:room:brief"
+    async with replica.client() as client:
+        before = await _subscribers(redis, channel)
+        async with (
+            open_stream(client, "/rooms/brief/events"),
+            open_stream(client, "/rooms/brief/events"),
+        ):
+            during = await _subscribers(redis, channel)
+        with trio.fail_after(10):
+            while await _subscribers(redis, channel):  # noqa: ASYNC110 - Redis has no event
+                await trio.sleep(0.02)
+    assert (before, during) == (0, 1)  # one subscription for both local clients
