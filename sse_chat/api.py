@@ -73,6 +73,7 @@ def register_routes(app: Quart, replica: Replica) -> None:
             after,
             replica=settings.replica_id,
             retry_ms=settings.retry_ms,
+            drain_retry_ms=settings.drain_retry_ms,
             keepalive_seconds=settings.keepalive_seconds,
         )
         response = Response(body, status=200, headers=SSE_HEADERS)

@@ -26,6 +26,7 @@ class Settings:
     history_size: int = 1000
     keepalive_seconds: float = 15.0
     retry_ms: int = 3000
+    drain_retry_ms: int = 250
     client_buffer: int = 256
     max_user_length: int = 40
     max_text_length: int = 4000
@@ -53,6 +54,7 @@ class Settings:
             _check(getattr(self, name) >= 1, name, "must be at least 1")
         _check(self.keepalive_seconds > 0, "keepalive_seconds", "must be positive")
         _check(self.retry_ms >= 0, "retry_ms", "must not be negative")
+        _check(self.drain_retry_ms >= 0, "drain_retry_ms", "must not be negative")
         _check(self.graceful_timeout_seconds >= 0, "graceful_timeout_seconds", "must be >= 0")
         _check(self.send_timeout_seconds > 0, "send_timeout_seconds", "must be positive")
 

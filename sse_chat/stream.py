@@ -20,6 +20,7 @@ async def event_stream(
     replica: str,
     retry_ms: int,
     keepalive_seconds: float,
+    drain_retry_ms: int = 250,
 ) -> AsyncIterator[bytes]:
     """The bytes of one SSE response, until the subscription ends."""
     # Subscribe before reading history: a message stored meanwhile is then both replayed and
@@ -37,13 +38,15 @@ async def event_stream(
                     last = replay.messages[-1].id
                 if frames:
                     yield b"".join(frames)
+            draining = False
             while True:
                 batch = None
                 with trio.move_on_after(keepalive_seconds):
                     try:
                         batch = await subscriber.receive_batch()
-                    except SubscriptionEnded:
-                        return
+                    except SubscriptionEnded as ended:
+                        draining = not ended.overflowed
+                        break
                 if batch is None:
                     yield sse.KEEPALIVE_FRAME
                     continue
@@ -53,5 +56,7 @@ async def event_stream(
                         continue
                 last = batch[-1].id
                 yield b"".join([sse.message_frame(message) for message in batch])
+            if draining:  # closed, not cut off: reconnect soon (to another replica)
+                yield sse.retry_frame(drain_retry_ms)
     except BackplaneUnavailable:
         return

@@ -78,7 +78,8 @@ async def test_shutdown_ends_every_stream_and_leaves_no_task(
             assert json.loads((await dev.next_named("message")).data) == message
             nursery.start_soon(replica.stop)
             for stream in (lobby, dev, resumed):
-                await stream.rest()  # returns only when the server has ended the stream
+                ending = await stream.rest()  # returns only when the server ends the stream
+                assert ending[-1].retry == replica.settings.drain_retry_ms
     assert replica.stopped.is_set()
     await trio.testing.wait_all_tasks_blocked()
     assert _live_tasks() == tasks_before
