@@ -11,7 +11,7 @@ from quart import Quart, Request, Response, request
 from .backplane import BackplaneUnavailable
 from .errors import ApiError
 from .ids import MessageId
-from .messages import DEFAULT_ROOM, InvalidMessage, is_valid_room, parse_draft
+from .messages import DEFAULT_ROOM, InvalidMessage, is_valid_room, parse_draft, parse_user
 from .replica import Replica
 from .stream import event_stream
 
@@ -63,6 +63,12 @@ def register_routes(app: Quart, replica: Replica) -> None:
     async def stream_events(room: str = DEFAULT_ROOM) -> Response:
         _require_room(room)
         after = _last_event_id(request)
+        user = request.args.get("user")
+        if user is not None:
+            try:
+                user = parse_user(user, settings.limits)
+            except InvalidMessage as invalid:
+                raise ApiError(422, "invalid_user", str(invalid), field="user") from None
         if replica.draining:
             raise _unavailable("this replica is shutting down; reconnect to another")
         if not replica.backplane.connected:
@@ -71,6 +77,7 @@ def register_routes(app: Quart, replica: Replica) -> None:
             replica.backplane,
             room,
             after,
+            user=user,
             replica=settings.replica_id,
             retry_ms=settings.retry_ms,
             drain_retry_ms=settings.drain_retry_ms,
@@ -79,6 +86,13 @@ def register_routes(app: Quart, replica: Replica) -> None:
         response = Response(body, status=200, headers=SSE_HEADERS)
         response.timeout = None  # a stream lives as long as its client: no response timeout
         return response
+
+    async def presence(room: str) -> dict[str, Any]:
+        _require_room(room)
+        try:
+            return (await replica.backplane.presence(room)).to_dict()
+        except BackplaneUnavailable as down:
+            raise _unavailable(f"presence cannot be read: {down}") from None
 
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "replica": settings.replica_id}
@@ -95,6 +109,7 @@ def register_routes(app: Quart, replica: Replica) -> None:
     app.add_url_rule("/rooms/<room>/messages", view_func=list_messages, methods=["GET"])
     app.add_url_rule("/events", view_func=stream_events, methods=["GET"])
     app.add_url_rule("/rooms/<room>/events", view_func=stream_events, methods=["GET"])
+    app.add_url_rule("/rooms/<room>/presence", view_func=presence, methods=["GET"])
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     app.add_url_rule("/readyz", view_func=readyz, methods=["GET"])
 

@@ -38,6 +38,7 @@ class Settings:
     redis_url: str = ""
     redis_password_file: str = ""
     redis_prefix: str = "sse-chat"
+    presence_ttl_seconds: float = 20.0
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
@@ -57,6 +58,7 @@ class Settings:
         _check(self.drain_retry_ms >= 0, "drain_retry_ms", "must not be negative")
         _check(self.graceful_timeout_seconds >= 0, "graceful_timeout_seconds", "must be >= 0")
         _check(self.send_timeout_seconds > 0, "send_timeout_seconds", "must be positive")
+        _check(self.presence_ttl_seconds > 0, "presence_ttl_seconds", "must be positive")
 
     @property
     def redis_password(self) -> str | None:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import trio
 
 from .messages import Message
+from .presence import Presence
 
 
 class SubscriptionEnded(Exception):
@@ -26,7 +27,7 @@ class SubscriptionEnded(Exception):
 class Subscriber:
     """One client's view of a room: messages wait here until its stream takes them."""
 
-    __slots__ = ("_capacity", "_lot", "_pending", "closed", "overflowed", "room")
+    __slots__ = ("_capacity", "_lot", "_pending", "_presence", "closed", "overflowed", "room")
 
     def __init__(self, room: str, capacity: int) -> None:
         self.room = room
@@ -34,6 +35,7 @@ class Subscriber:
         self.overflowed = False
         self._capacity = capacity
         self._pending: deque[Message] = deque()
+        self._presence: Presence | None = None  # only the latest view matters
         self._lot = trio.lowlevel.ParkingLot()
 
     def push(self, message: Message) -> None:
@@ -47,15 +49,27 @@ class Subscriber:
         self._pending.append(message)
         self._lot.unpark_all()
 
+    def push_presence(self, presence: Presence) -> None:
+        """Replace the waiting presence view (views coalesce: no buffer to overflow)."""
+        if not self.closed:
+            self._presence = presence
+            self._lot.unpark_all()
+
+    def take_presence(self) -> Presence | None:
+        """The presence view waiting since the last call, if any."""
+        presence, self._presence = self._presence, None
+        return presence
+
     def close(self) -> None:
         """End the subscription; a waiting `receive_batch` raises SubscriptionEnded."""
         self.closed = True
         self._pending.clear()
+        self._presence = None
         self._lot.unpark_all()
 
     async def receive_batch(self) -> list[Message]:
-        """Wait for messages and take all that are waiting, oldest first."""
-        while not self._pending:
+        """Wait for messages (or a presence view) and take all messages waiting, oldest first."""
+        while not self._pending and self._presence is None:
             if self.closed:
                 raise SubscriptionEnded(self.overflowed)
             await self._lot.park()
@@ -91,6 +105,11 @@ class Hub:
         """Hand a message to every subscriber of its room, without waiting."""
         for subscriber in tuple(self._rooms.get(message.room, ())):
             subscriber.push(message)
+
+    def publish_presence(self, presence: Presence) -> None:
+        """Hand a presence view to every subscriber of its room."""
+        for subscriber in tuple(self._rooms.get(presence.room, ())):
+            subscriber.push_presence(presence)
 
     def has_subscribers(self, room: str) -> bool:
         """True while at least one local client follows `room`."""

@@ -106,13 +106,19 @@ def format_ts(now: datetime) -> str:
     return now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_user(user: str, limits: Limits) -> str:
+    """A valid user name (surrounding spaces removed), or raise InvalidMessage."""
+    user = user.strip()
+    _check_characters("user", user, _USER_FORBIDDEN)
+    _check_length("user", user, limits.max_user)
+    return user
+
+
 def parse_draft(room: str, fields: Mapping[str, object], limits: Limits) -> Draft:
     """Validate posted fields into a Draft, or raise InvalidMessage."""
-    user = _string_field(fields, "user").strip()
+    user = parse_user(_string_field(fields, "user"), limits)
     text = _string_field(fields, "text").replace("\r\n", "\n").replace("\r", "\n")
-    _check_characters("user", user, _USER_FORBIDDEN)
     _check_characters("text", text, _TEXT_FORBIDDEN)
-    _check_length("user", user, limits.max_user)
     if not text.strip():
         raise InvalidMessage("text", "must not be empty")
     _check_length("text", text, limits.max_text)

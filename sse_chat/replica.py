@@ -26,7 +26,12 @@ class Replica:
         except ValueError as bad:
             raise ConfigError(f"SSE_CHAT_REDIS_URL: {bad}") from None
         return RedisBackplane(
-            self.hub, settings.replica_id, settings.history_size, target, settings.redis_prefix
+            self.hub,
+            settings.replica_id,
+            settings.history_size,
+            target,
+            settings.redis_prefix,
+            settings.presence_ttl_seconds,
         )
 
     @property

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .ids import MessageId
 from .messages import Message
+from .presence import Presence
 
 KEEPALIVE_FRAME = b": keepalive\n\n"
 
@@ -42,6 +43,11 @@ def gap_frame(requested: MessageId, oldest: MessageId | None) -> bytes:
             "message": "some messages after your last event id are no longer retained",
         },
     )
+
+
+def presence_frame(presence: Presence) -> bytes:
+    """Who is online in the room (and who just joined or left)."""
+    return event_frame("presence", presence.to_dict())
 
 
 def retry_frame(retry_ms: int) -> bytes:

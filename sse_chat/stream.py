@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, nullcontext
 
 import trio
 
@@ -12,11 +13,16 @@ from .hub import SubscriptionEnded
 from .ids import MessageId
 
 
+def _present(backplane: Backplane, room: str, user: str | None) -> AbstractContextManager[None]:
+    return backplane.present(room, user) if user else nullcontext()
+
+
 async def event_stream(
     backplane: Backplane,
     room: str,
     after: MessageId | None,
     *,
+    user: str | None = None,
     replica: str,
     retry_ms: int,
     keepalive_seconds: float,
@@ -28,35 +34,42 @@ async def event_stream(
     # If the backplane fails, the stream just ends: the client reconnects and resumes.
     try:
         async with backplane.subscribe(room) as subscriber:
-            yield sse.opening_frame(retry_ms, replica, room)
-            last = after
-            if after is not None:
-                replay = await backplane.since(room, after)
-                frames = [sse.gap_frame(after, replay.oldest)] if replay.gap else []
-                frames += [sse.message_frame(message) for message in replay.messages]
-                if replay.messages:
-                    last = replay.messages[-1].id
-                if frames:
-                    yield b"".join(frames)
-            draining = False
-            while True:
-                batch = None
-                with trio.move_on_after(keepalive_seconds):
-                    try:
-                        batch = await subscriber.receive_batch()
-                    except SubscriptionEnded as ended:
-                        draining = not ended.overflowed
-                        break
-                if batch is None:
-                    yield sse.KEEPALIVE_FRAME
-                    continue
-                if last is not None:
-                    batch = [message for message in batch if message.id > last]
-                    if not batch:
+            with _present(backplane, room, user):
+                subscriber.take_presence()  # the snapshot below is newer
+                snapshot = await backplane.presence(room)
+                yield sse.opening_frame(retry_ms, replica, room) + sse.presence_frame(snapshot)
+                last = after
+                if after is not None:
+                    replay = await backplane.since(room, after)
+                    frames = [sse.gap_frame(after, replay.oldest)] if replay.gap else []
+                    frames += [sse.message_frame(message) for message in replay.messages]
+                    if replay.messages:
+                        last = replay.messages[-1].id
+                    if frames:
+                        yield b"".join(frames)
+                draining = False
+                while True:
+                    batch = None
+                    with trio.move_on_after(keepalive_seconds):
+                        try:
+                            batch = await subscriber.receive_batch()
+                        except SubscriptionEnded as ended:
+                            draining = not ended.overflowed
+                            break
+                    if batch is None:
+                        yield sse.KEEPALIVE_FRAME
                         continue
-                last = batch[-1].id
-                yield b"".join([sse.message_frame(message) for message in batch])
-            if draining:  # closed, not cut off: reconnect soon (to another replica)
-                yield sse.retry_frame(drain_retry_ms)
+                    if last is not None:
+                        batch = [message for message in batch if message.id > last]
+                    if batch:
+                        last = batch[-1].id
+                    frames = [sse.message_frame(message) for message in batch]
+                    presence = subscriber.take_presence()
+                    if presence is not None:
+                        frames.append(sse.presence_frame(presence))
+                    if frames:
+                        yield b"".join(frames)
+                if draining:  # closed, not cut off: reconnect soon (to another replica)
+                    yield sse.retry_frame(drain_retry_ms)
     except BackplaneUnavailable:
         return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -11,6 +11,7 @@ import trio
 from ..hub import Subscriber
 from ..ids import MessageId
 from ..messages import Draft, Message
+from ..presence import Presence
 
 
 class BackplaneUnavailable(Exception):
@@ -53,4 +54,12 @@ class Backplane(Protocol):
 
     def subscribe(self, room: str) -> AbstractAsyncContextManager[Subscriber]:
         """Receive the room's new messages; live once the block is entered."""
+        ...
+
+    def present(self, room: str, user: str) -> AbstractContextManager[None]:
+        """Count `user` online in `room` for the duration of the block (never waits)."""
+        ...
+
+    async def presence(self, room: str) -> Presence:
+        """Who is online in `room`, on every replica."""
         ...

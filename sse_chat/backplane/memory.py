@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 
 import trio
@@ -13,6 +13,7 @@ import trio
 from ..hub import Hub, Subscriber
 from ..ids import ZERO_ID, MessageId
 from ..messages import Draft, Message
+from ..presence import LocalPresence, Presence
 from .base import Replay
 
 
@@ -43,6 +44,7 @@ class MemoryBackplane:
         self._history_size = history_size
         self._clock = clock
         self._rooms: dict[str, _RoomLog] = {}
+        self._present = LocalPresence()
 
     @property
     def connected(self) -> bool:
@@ -91,3 +93,19 @@ class MemoryBackplane:
     async def subscribe(self, room: str) -> AsyncIterator[Subscriber]:
         with self._hub.subscribe(room) as subscriber:
             yield subscriber
+
+    @contextmanager
+    def present(self, room: str, user: str) -> Iterator[None]:
+        if self._present.join(room, user):
+            self._hub.publish_presence(self._view(room, joined=user))
+        try:
+            yield
+        finally:
+            if self._present.leave(room, user):
+                self._hub.publish_presence(self._view(room, left=user))
+
+    async def presence(self, room: str) -> Presence:
+        return self._view(room)
+
+    def _view(self, room: str, joined: str | None = None, left: str | None = None) -> Presence:
+        return Presence(room, tuple(sorted(self._present.users(room))), joined, left)

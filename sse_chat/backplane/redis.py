@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from coredis.retry import NoRetryPolicy
 from ..hub import Hub, Subscriber
 from ..ids import MessageId
 from ..messages import Draft, Message, format_ts
+from ..presence import LocalPresence, Presence
 from .base import BackplaneUnavailable, Replay
 
 log = logging.getLogger(__name__)
@@ -144,7 +146,7 @@ class RedisBackplane:
     """Rooms in Redis streams, delivered to every replica through pub/sub."""
 
     def __init__(self, hub: Hub, replica: str, history_size: int, target: RedisTarget,
-                 prefix: str = "sse-chat") -> None:  # fmt: skip
+                 prefix: str = "sse-chat", presence_ttl: float = 20.0) -> None:  # fmt: skip
         self._hub = hub
         self._replica = replica
         self._history_size = history_size
@@ -158,6 +160,15 @@ class RedisBackplane:
         self._subscription_lock = trio.Lock()
         self._leaving_send, self._leaving_receive = trio.open_memory_channel[str](math.inf)
         self._pong = trio.Event()
+        self._present = LocalPresence()
+        self._presence_ttl = presence_ttl
+        # (room, change) to write to Redis / to announce locally; drained by session tasks.
+        self._presence_changes_send, self._presence_changes = trio.open_memory_channel[
+            tuple[str, dict[str, str]]
+        ](math.inf)
+        self._presence_notices_send, self._presence_notices = trio.open_memory_channel[
+            tuple[str, dict[str, str]]
+        ](math.inf)
         self._append_script: Any = None
         self._since_script: Any = None
         self.reconnects = 0  # sessions lost after they were up
@@ -171,6 +182,9 @@ class RedisBackplane:
 
     def _channel(self, room: str) -> str:
         return f"{self._prefix}:room:{room}"
+
+    def _presence_key(self, room: str) -> str:
+        return f"{self._prefix}:room:{room}:presence"
 
     def _control_channel(self) -> str:
         return f"{self._prefix}:replica:{self._replica}"
@@ -234,6 +248,79 @@ class RedisBackplane:
         finally:
             if not self._hub.has_subscribers(room):
                 self._leaving_send.send_nowait(room)
+
+    @contextmanager
+    def present(self, room: str, user: str) -> Iterator[None]:
+        if self._present.join(room, user):
+            self._presence_changes_send.send_nowait((room, {"joined": user}))
+        try:
+            yield
+        finally:
+            if self._present.leave(room, user):
+                self._presence_changes_send.send_nowait((room, {"left": user}))
+
+    async def presence(self, room: str) -> Presence:
+        client = self._require_client()
+        with self._redis_errors_as_unavailable():
+            users = await self._users_online(client, room)
+        return Presence(room, tuple(sorted(users | self._present.users(room))))
+
+    # -- presence ---------------------------------------------------------------------------
+    # Each replica keeps `user\x1freplica` members in a sorted set per room, scored by when
+    # they expire, and refreshes its own; a replica that dies stops refreshing, so its users
+    # drop off after the TTL. Changes are announced on the room's channel as `presence {...}`.
+    def _member(self, user: str) -> str:
+        return f"{user}\x1f{self._replica}"
+
+    def _expiry_ms(self) -> int:
+        return int((_wall_clock() + self._presence_ttl) * 1000)
+
+    async def _users_online(self, client: coredis.Redis[str], room: str) -> set[str]:
+        members = await client.zrange(
+            self._presence_key(room),
+            int(_wall_clock() * 1000),
+            "+inf",
+            sortby=coredis.PureToken.BYSCORE,
+        )
+        return {_text(member).partition("\x1f")[0] for member in members}
+
+    async def _write_presence_changes(self, client: coredis.Redis[str]) -> None:
+        async for room, change in self._presence_changes:
+            key = self._presence_key(room)
+            if "joined" in change:
+                await client.zadd(key, {self._member(change["joined"]): self._expiry_ms()})
+            else:
+                await client.zrem(key, [self._member(change["left"])])
+            await client.publish(self._channel(room), "presence " + json.dumps(change))
+
+    async def _refresh_presence(self, client: coredis.Redis[str]) -> None:
+        """Renew our members' expiry and drop expired ones (a dead replica's), announcing it."""
+        while True:
+            rooms = set(self._present.rooms()) | self._subscribed
+            for room in rooms:
+                key = self._presence_key(room)
+                users = self._present.users(room)
+                if users:
+                    expiry = self._expiry_ms()
+                    await client.zadd(key, {self._member(user): expiry for user in users})
+                expired = await client.zremrangebyscore(key, -math.inf, int(_wall_clock() * 1000))
+                if expired:
+                    await client.publish(self._channel(room), "presence {}")
+            await trio.sleep(self._presence_ttl / 4)
+
+    async def _announce_presence(self, client: coredis.Redis[str]) -> None:
+        """Turn presence notices from any replica into views for local subscribers."""
+        async for room, change in self._presence_notices:
+            users = await self._users_online(client, room) | self._present.users(room)
+            joined, left = change.get("joined"), change.get("left")
+            self._hub.publish_presence(
+                Presence(
+                    room,
+                    tuple(sorted(users)),
+                    joined if joined in users else None,
+                    left if left is not None and left not in users else None,
+                )
+            )
 
     # -- following rooms --------------------------------------------------------------------
     def _require_client(self) -> coredis.Redis[str]:
@@ -336,6 +423,9 @@ class RedisBackplane:
             log.info("redis backplane connected (%d rooms, %d backfilled)", len(rooms), backfilled)
             nursery.start_soon(self._unfollow_rooms_left_empty)
             nursery.start_soon(self._check_health, client)
+            nursery.start_soon(self._write_presence_changes, client)
+            nursery.start_soon(self._refresh_presence, client)
+            nursery.start_soon(self._announce_presence, client)
             async for item in pubsub:
                 self._receive(item)
             raise _SessionLost("the pub/sub connection ended")
@@ -347,6 +437,13 @@ class RedisBackplane:
             return
         room = channel.rpartition(":room:")[2]
         raw_id, _, body = data.partition(" ")
+        if raw_id == "presence":
+            try:
+                change = json.loads(body)
+            except ValueError:
+                change = {}
+            self._presence_notices_send.send_nowait((room, change))
+            return
         try:
             message = _decode(raw_id, body)
         except ValueError:
@@ -364,6 +461,10 @@ class RedisBackplane:
                 await self._pong.wait()
             if not self._pong.is_set():
                 raise _SessionLost("a self-ping through pub/sub went unanswered")
+
+
+def _wall_clock() -> float:
+    return time.time()
 
 
 def _encode_body(room: str, user: str, text: str, ts: str, replica: str) -> str:

@@ -26,6 +26,19 @@ async def wait_until(condition: Callable[[], bool], interval: float = 0.02) -> N
             await trio.sleep(interval)
 
 
+async def wait_until_ready(url: str) -> None:
+    """Poll a starting replica's /readyz (as swarm does) until it answers 200."""
+    async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
+        with trio.fail_after(TIMEOUT):
+            while True:
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass  # not listening yet
+                await trio.sleep(0.05)
+
+
 @dataclass
 class RunningReplica:
     """A replica served in the background; `stop()` drains it and waits until it is gone."""
@@ -52,6 +65,7 @@ class EventStream:
     def __init__(self, response: httpx.Response, events: AsyncIterator[ServerSentEvent]) -> None:
         self.response = response
         self._events = events
+        self.presence: dict[str, Any] = {}  # the snapshot the stream opened with
 
     async def next_event(self) -> ServerSentEvent:
         """The next event or comment; raises StopAsyncIteration when the stream ends."""
@@ -89,6 +103,9 @@ async def open_stream(
             stream = EventStream(response, events)
             ready = await stream.next_event()
             assert ready.event == "ready", ready
+            snapshot = await stream.next_event()
+            assert snapshot.event == "presence", snapshot
+            stream.presence = json.loads(snapshot.data)
             yield stream
 
 

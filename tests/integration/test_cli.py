@@ -13,11 +13,10 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 
-from .support import TIMEOUT
+from .support import TIMEOUT, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 SSE_CHAT = [sys.executable, "-m", "sse_chat"]
@@ -30,18 +29,6 @@ def _free_port() -> int:
         return port
 
 
-async def _wait_until_healthy(url: str) -> None:
-    async with httpx.AsyncClient(base_url=url) as client:
-        with trio.fail_after(TIMEOUT):
-            while True:
-                try:
-                    if (await client.get("/healthz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await trio.sleep(0.05)  # polling a process that is starting: no event to await
-
-
 @pytest.fixture
 async def server_process() -> AsyncIterator[tuple[str, trio.Process]]:
     """`sse-chat serve` on a free port, as a child process."""
@@ -52,7 +39,7 @@ async def server_process() -> AsyncIterator[tuple[str, trio.Process]]:
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        await _wait_until_healthy(url)
+        await wait_until_ready(url)
         yield url, process
     finally:
         if process.returncode is None:
