@@ -24,6 +24,18 @@ def static_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "static"
 
 
+# On every response: the page may run only its own scripts and styles, and nothing sniffs types.
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        b"connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
 class ChatApp(QuartTrio):
     """The Quart-Trio app of one replica."""
 
@@ -35,11 +47,12 @@ class ChatApp(QuartTrio):
         if scope["type"] != "http":
             await super().asgi_app(scope, receive, send)
             return
-        replica_header = (b"x-replica", self.replica.settings.replica_id.encode())
+        extra_headers = [(b"x-replica", self.replica.settings.replica_id.encode())]
+        extra_headers += SECURITY_HEADERS
 
         async def send_with_replica(event: ASGISendEvent) -> None:
             if event["type"] == "http.response.start":
-                event["headers"] = [*event.get("headers", ()), replica_header]
+                event["headers"] = [*event.get("headers", ()), *extra_headers]
             await send(event)
 
         await super().asgi_app(scope, receive, send_with_replica)

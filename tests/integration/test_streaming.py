@@ -168,3 +168,12 @@ async def test_the_chat_page_and_its_assets_are_served(client: httpx.AsyncClient
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<script type="module" src="/static/app.js">' in page.text
     assert script.status_code == 200 and "EventSource" in script.text
+
+
+async def test_the_page_forbids_inline_script_and_type_sniffing(client: httpx.AsyncClient) -> None:
+    page = await client.get("/")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert "server" not in page.headers
