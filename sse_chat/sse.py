@@ -7,6 +7,7 @@ following the WHATWG event-stream parsing rules, for the CLI client and the test
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from dataclasses import dataclass, field
 
 from .ids import MessageId
@@ -16,8 +17,13 @@ from .presence import Presence
 KEEPALIVE_FRAME = b": keepalive\n\n"
 
 
+@lru_cache(maxsize=4096)
 def message_frame(message: Message) -> bytes:
-    """`id:`/`event: message`/`data:` for one chat message."""
+    """`id:`/`event: message`/`data:` for one chat message.
+
+    Cached: a message fanned out to thousands of streams is encoded once, and they all send the
+    same bytes.
+    """
     return f"id: {message.id}\nevent: message\ndata: {message.json}\n\n".encode()
 
 
