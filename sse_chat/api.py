@@ -12,6 +12,7 @@ from .backplane import BackplaneUnavailable
 from .errors import ApiError
 from .ids import MessageId
 from .messages import DEFAULT_ROOM, InvalidMessage, is_valid_room, parse_draft, parse_user
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .replica import Replica
 from .stream import event_stream
 
@@ -42,6 +43,7 @@ def register_routes(app: Quart, replica: Replica) -> None:
             message = await replica.backplane.append(draft)
         except BackplaneUnavailable as down:
             raise _unavailable(f"the message could not be stored: {down}") from None
+        replica.metrics.messages_posted.inc()
         return message.to_dict(), 201
 
     async def list_messages(room: str) -> dict[str, Any]:
@@ -81,6 +83,7 @@ def register_routes(app: Quart, replica: Replica) -> None:
             replica=settings.replica_id,
             retry_ms=settings.retry_ms,
             drain_retry_ms=settings.drain_retry_ms,
+            metrics=replica.metrics,
             keepalive_seconds=settings.keepalive_seconds,
         )
         response = Response(body, status=200, headers=SSE_HEADERS)
@@ -93,6 +96,9 @@ def register_routes(app: Quart, replica: Replica) -> None:
             return (await replica.backplane.presence(room)).to_dict()
         except BackplaneUnavailable as down:
             raise _unavailable(f"presence cannot be read: {down}") from None
+
+    async def metrics() -> Response:
+        return Response(replica.metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "replica": settings.replica_id}
@@ -110,6 +116,7 @@ def register_routes(app: Quart, replica: Replica) -> None:
     app.add_url_rule("/events", view_func=stream_events, methods=["GET"])
     app.add_url_rule("/rooms/<room>/events", view_func=stream_events, methods=["GET"])
     app.add_url_rule("/rooms/<room>/presence", view_func=presence, methods=["GET"])
+    app.add_url_rule("/metrics", view_func=metrics, methods=["GET"])
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     app.add_url_rule("/readyz", view_func=readyz, methods=["GET"])
 

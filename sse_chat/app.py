@@ -7,7 +7,7 @@ from pathlib import Path
 
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
-from quart import Response, jsonify, send_file
+from quart import Response, jsonify, request, send_file
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -86,6 +86,13 @@ def create_app(settings: Settings | None = None) -> ChatApp:
     @app.after_serving
     async def stop_backplane() -> None:
         backplane_scope.cancel()
+
+    @app.after_request
+    async def count_request(response: Response) -> Response:
+        rule = request.url_rule
+        route = rule.rule if rule is not None else "unmatched"
+        replica.metrics.http_requests.labels(route, str(response.status_code)).inc()
+        return response
 
     @app.errorhandler(ApiError)
     async def render_api_error(error: ApiError) -> Response:

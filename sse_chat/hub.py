@@ -27,7 +27,16 @@ class SubscriptionEnded(Exception):
 class Subscriber:
     """One client's view of a room: messages wait here until its stream takes them."""
 
-    __slots__ = ("_capacity", "_lot", "_pending", "_presence", "closed", "overflowed", "room")
+    __slots__ = (
+        "_capacity",
+        "_lot",
+        "_pending",
+        "_presence",
+        "closed",
+        "oldest_queued_at",
+        "overflowed",
+        "room",
+    )
 
     def __init__(self, room: str, capacity: int) -> None:
         self.room = room
@@ -36,6 +45,7 @@ class Subscriber:
         self._capacity = capacity
         self._pending: deque[Message] = deque()
         self._presence: Presence | None = None  # only the latest view matters
+        self.oldest_queued_at = 0.0  # trio clock: when the oldest waiting message arrived
         self._lot = trio.lowlevel.ParkingLot()
 
     def push(self, message: Message) -> None:
@@ -46,6 +56,8 @@ class Subscriber:
             self.overflowed = True
             self.close()
             return
+        if not self._pending:
+            self.oldest_queued_at = trio.current_time()
         self._pending.append(message)
         self._lot.unpark_all()
 

@@ -6,6 +6,7 @@ from .backplane import Backplane, MemoryBackplane
 from .backplane.redis import RedisBackplane, parse_redis_url
 from .config import ConfigError, Settings
 from .hub import Hub
+from .metrics import Metrics
 
 
 class Replica:
@@ -16,6 +17,9 @@ class Replica:
         self.hub = Hub(settings.client_buffer)
         self.backplane: Backplane = backplane or self._default_backplane()
         self.draining = False
+        self.metrics = Metrics()
+        backplane = self.backplane
+        self.metrics.watch_backplane(lambda: backplane.connected, lambda: backplane.reconnects)
 
     def _default_backplane(self) -> Backplane:
         settings = self.settings

@@ -7,8 +7,8 @@ following the WHATWG event-stream parsing rules, for the CLI client and the test
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from .ids import MessageId
 from .messages import Message

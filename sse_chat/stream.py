@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import trio
+from prometheus_client import Gauge
 
 from . import sse
 from .backplane import Backplane, BackplaneUnavailable
 from .hub import SubscriptionEnded
 from .ids import MessageId
+from .metrics import Metrics
+
+
+@contextmanager
+def _counted(gauge: Gauge) -> Iterator[None]:
+    gauge.inc()
+    try:
+        yield
+    finally:
+        gauge.dec()
 
 
 def _present(backplane: Backplane, room: str, user: str | None) -> AbstractContextManager[None]:
@@ -27,14 +38,16 @@ async def event_stream(
     retry_ms: int,
     keepalive_seconds: float,
     drain_retry_ms: int = 250,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[bytes]:
     """The bytes of one SSE response, until the subscription ends."""
     # Subscribe before reading history: a message stored meanwhile is then both replayed and
     # queued live, and the id check below drops the second copy. The other order loses it.
     # If the backplane fails, the stream just ends: the client reconnects and resumes.
+    metrics = metrics or Metrics()
     try:
         async with backplane.subscribe(room) as subscriber:
-            with _present(backplane, room, user):
+            with _present(backplane, room, user), _counted(metrics.streams_open):
                 subscriber.take_presence()  # the snapshot below is newer
                 snapshot = await backplane.presence(room)
                 yield sse.opening_frame(retry_ms, replica, room) + sse.presence_frame(snapshot)
@@ -46,6 +59,7 @@ async def event_stream(
                     if replay.messages:
                         last = replay.messages[-1].id
                     if frames:
+                        metrics.messages_delivered.inc(len(replay.messages))
                         yield b"".join(frames)
                 draining = False
                 while True:
@@ -55,6 +69,8 @@ async def event_stream(
                             batch = await subscriber.receive_batch()
                         except SubscriptionEnded as ended:
                             draining = not ended.overflowed
+                            if ended.overflowed:
+                                metrics.slow_clients_cut.inc()
                             break
                     if batch is None:
                         yield sse.KEEPALIVE_FRAME
@@ -63,6 +79,9 @@ async def event_stream(
                         batch = [message for message in batch if message.id > last]
                     if batch:
                         last = batch[-1].id
+                        metrics.messages_delivered.inc(len(batch))
+                        waited = trio.current_time() - subscriber.oldest_queued_at
+                        metrics.fanout_seconds.observe(waited)
                     frames = [sse.message_frame(message) for message in batch]
                     presence = subscriber.take_presence()
                     if presence is not None:

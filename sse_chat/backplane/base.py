@@ -31,6 +31,8 @@ class Replay:
 class Backplane(Protocol):
     """Stores each room's messages in order and delivers new ones to every replica's hub."""
 
+    reconnects: int  # times the connection was lost after being up
+
     @property
     def connected(self) -> bool:
         """True while messages can be stored and forwarded."""

@@ -45,6 +45,7 @@ class MemoryBackplane:
         self._clock = clock
         self._rooms: dict[str, _RoomLog] = {}
         self._present = LocalPresence()
+        self.reconnects = 0  # nothing to lose: one process
 
     @property
     def connected(self) -> bool:

@@ -1,0 +1,63 @@
+"""Prometheus metrics of one replica, in a registry of its own (several apps share a process
+in tests, and each must count only itself)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Every metric `/metrics` exposes."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.streams_open = Gauge(
+            "sse_chat_streams_open", "Open event streams on this replica", registry=registry
+        )
+        self.messages_posted = Counter(
+            "sse_chat_messages_posted", "Messages stored through this replica", registry=registry
+        )
+        self.messages_delivered = Counter(
+            "sse_chat_messages_delivered",
+            "Messages written to streams (one per stream)",
+            registry=registry,
+        )
+        self.slow_clients_cut = Counter(
+            "sse_chat_slow_clients_cut",
+            "Streams ended because their client fell behind",
+            registry=registry,
+        )
+        self.fanout_seconds = Histogram(
+            "sse_chat_fanout_seconds",
+            "From a batch reaching a stream's buffer to its write being handed to the server",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=registry,
+        )
+        self.http_requests = Counter(
+            "sse_chat_http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=registry,
+        )
+        self.backplane_connected = Gauge(
+            "sse_chat_backplane_connected", "1 while the backplane is connected", registry=registry
+        )
+        self.backplane_reconnects = Gauge(
+            "sse_chat_backplane_reconnects",
+            "Times the backplane connection was lost after being up",
+            registry=registry,
+        )
+
+    def watch_backplane(self, connected: Callable[[], bool], reconnects: Callable[[], int]) -> None:
+        """Read the backplane's state at each scrape."""
+        self.backplane_connected.set_function(lambda: float(connected()))
+        self.backplane_reconnects.set_function(lambda: float(reconnects()))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)
