@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import warnings
@@ -16,6 +15,7 @@ import trio
 
 from .client import PostRefused, follow_room, post_message
 from .config import ConfigError, Settings
+from .logs import configure_logging
 from .messages import DEFAULT_ROOM
 from .server import serve
 
@@ -61,7 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings(
         "ignore", message="Unclosed <MemoryObject(Send|Receive)Stream", category=ResourceWarning
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         if args.command == "serve":
             settings = Settings.from_env(os.environ).updated(
@@ -73,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "keepalive_seconds": args.keepalive_seconds,
                 }
             )
+            configure_logging(settings.replica_id)
             trio.run(serve, settings)
         elif args.command == "post":
             message = trio.run(post_message, args.url, args.room, args.user, args.text)

@@ -13,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -129,3 +130,33 @@ async def test_the_curl_examples_in_the_readme_work_verbatim(
     resumed = next(output for line, output in outputs.items() if "Last-Event-ID" in line)
     replayed = re.findall(r"^data: (.*)$", resumed, flags=re.MULTILINE)
     assert any(json.loads(data).get("text") == "hi from JSON" for data in replayed)
+
+
+async def test_logs_are_json_lines_naming_the_replica_and_never_message_text() -> None:
+    port = _free_port()
+    env = {**os.environ, "SSE_CHAT_REPLICA_ID": "logged"}
+    process = await trio.lowlevel.open_process(
+        [*SSE_CHAT, "serve", "--port", str(port)], env=env, stderr=subprocess.PIPE
+    )
+    assert process.stderr is not None
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await wait_until_ready(url)
+        async with httpx.AsyncClient(base_url=url) as client:
+            posted = await client.post("/messages", json={"user": "ana", "text": "s3cret words"})
+        assert posted.status_code == 201
+        process.send_signal(signal.SIGTERM)
+        output = b""
+        with trio.fail_after(TIMEOUT):
+            while chunk := await process.stderr.receive_some():
+                output += chunk
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    entries = [json.loads(line) for line in output.decode().splitlines()]
+    assert entries and all(entry["replica"] == "logged" for entry in entries)
+    assert {"ts", "level", "logger", "message"} <= set(entries[0])
+    assert any("SIGTERM" in entry["message"] for entry in entries)
+    assert "s3cret" not in output.decode()
