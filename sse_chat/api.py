@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -13,6 +14,7 @@ from .errors import ApiError
 from .ids import MessageId
 from .messages import DEFAULT_ROOM, InvalidMessage, is_valid_room, parse_draft, parse_user
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .ratelimit import Window, client_address
 from .replica import Replica
 from .stream import event_stream
 
@@ -39,12 +41,37 @@ def register_routes(app: Quart, replica: Replica) -> None:
             draft = parse_draft(room, fields, settings.limits)
         except InvalidMessage as invalid:
             raise ApiError(422, "invalid_message", str(invalid), field=invalid.field) from None
+        await _check_post_rate(request)
         try:
             message = await replica.backplane.append(draft)
         except BackplaneUnavailable as down:
             raise _unavailable(f"the message could not be stored: {down}") from None
         replica.metrics.messages_posted.inc()
         return message.to_dict(), 201
+
+    trusted = settings.trusted_networks
+
+    async def _check_post_rate(request: Request) -> None:
+        if not settings.post_rate_limit:
+            return
+        address = client_address(
+            request.remote_addr or "", request.headers.get("X-Forwarded-For"), trusted
+        )
+        window = Window.at(time.time(), settings.post_rate_window_seconds)
+        try:
+            count = await replica.backplane.count_hit(
+                f"post:{address}:{window.index}", settings.post_rate_window_seconds
+            )
+        except BackplaneUnavailable as down:
+            raise _unavailable(f"the message could not be stored: {down}") from None
+        if count > settings.post_rate_limit:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"at most {settings.post_rate_limit} messages per"
+                f" {settings.post_rate_window_seconds} s; try again in {window.retry_after} s",
+                headers={"Retry-After": str(window.retry_after)},
+            )
 
     async def list_messages(room: str) -> dict[str, Any]:
         _require_room(room)

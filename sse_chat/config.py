@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .messages import Limits
+from .ratelimit import Network, parse_networks
 
 ENV_PREFIX = "SSE_CHAT_"
 
@@ -39,6 +40,9 @@ class Settings:
     redis_password_file: str = ""
     redis_prefix: str = "sse-chat"
     presence_ttl_seconds: float = 20.0
+    post_rate_limit: int = 30  # POSTs per client per window; 0 turns the limit off
+    post_rate_window_seconds: int = 10
+    trusted_proxies: str = ""  # addresses/networks whose X-Forwarded-For is believed
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
@@ -59,6 +63,12 @@ class Settings:
         _check(self.graceful_timeout_seconds >= 0, "graceful_timeout_seconds", "must be >= 0")
         _check(self.send_timeout_seconds > 0, "send_timeout_seconds", "must be positive")
         _check(self.presence_ttl_seconds > 0, "presence_ttl_seconds", "must be positive")
+        _check(self.post_rate_limit >= 0, "post_rate_limit", "must not be negative")
+        _check(self.post_rate_window_seconds >= 1, "post_rate_window_seconds", "must be >= 1")
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as bad:
+            raise ConfigError(f"{ENV_PREFIX}TRUSTED_PROXIES: {bad}") from None
 
     @property
     def redis_password(self) -> str | None:
@@ -70,6 +80,11 @@ class Settings:
                 return secret.read().strip()
         except OSError as error:
             raise ConfigError(f"{ENV_PREFIX}REDIS_PASSWORD_FILE: cannot read it: {error}") from None
+
+    @property
+    def trusted_networks(self) -> tuple[Network, ...]:
+        """`trusted_proxies` parsed."""
+        return parse_networks(self.trusted_proxies)
 
     @property
     def limits(self) -> Limits:

@@ -58,6 +58,10 @@ class Backplane(Protocol):
         """Receive the room's new messages; live once the block is entered."""
         ...
 
+    async def count_hit(self, key: str, ttl_seconds: int) -> int:
+        """Add one to a counter shared by every replica, kept `ttl_seconds`; its new value."""
+        ...
+
     def present(self, room: str, user: str) -> AbstractContextManager[None]:
         """Count `user` online in `room` for the duration of the block (never waits)."""
         ...

@@ -46,6 +46,7 @@ class MemoryBackplane:
         self._rooms: dict[str, _RoomLog] = {}
         self._present = LocalPresence()
         self.reconnects = 0  # nothing to lose: one process
+        self._counters: dict[str, tuple[int, float]] = {}  # key -> (count, expires at)
 
     @property
     def connected(self) -> bool:
@@ -94,6 +95,16 @@ class MemoryBackplane:
     async def subscribe(self, room: str) -> AsyncIterator[Subscriber]:
         with self._hub.subscribe(room) as subscriber:
             yield subscriber
+
+    async def count_hit(self, key: str, ttl_seconds: int) -> int:
+        now = self._clock()
+        if len(self._counters) > 10_000:  # forget expired counters before they pile up
+            self._counters = {k: v for k, v in self._counters.items() if v[1] > now}
+        count, expires = self._counters.get(key, (0, 0.0))
+        if expires <= now:
+            count, expires = 0, now + ttl_seconds
+        self._counters[key] = (count + 1, expires)
+        return count + 1
 
     @contextmanager
     def present(self, room: str, user: str) -> Iterator[None]:

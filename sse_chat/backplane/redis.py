@@ -60,6 +60,13 @@ if #first > 0 then oldest = first[1][1] end
 return {redis.call('GET', KEYS[2]) or false, oldest, entries}
 """
 
+# KEYS: counter. ARGV: ttl seconds. A counter that expires on its own.
+_COUNT_HIT_LUA = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count
+"""
+
 # Errors that mean "Redis cannot be reached or answered badly right now".
 _REDIS_ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
 
@@ -171,6 +178,7 @@ class RedisBackplane:
         ](math.inf)
         self._append_script: Any = None
         self._since_script: Any = None
+        self._count_hit_script: Any = None
         self.reconnects = 0  # sessions lost after they were up
 
     # -- keys ---------------------------------------------------------------------------
@@ -199,6 +207,7 @@ class RedisBackplane:
             self._client = client
             self._append_script = client.register_script(_APPEND_LUA)
             self._since_script = client.register_script(_SINCE_LUA)
+            self._count_hit_script = client.register_script(_COUNT_HIT_LUA)
             task_status.started()
             try:
                 await self._follow_forever(client)
@@ -248,6 +257,14 @@ class RedisBackplane:
         finally:
             if not self._hub.has_subscribers(room):
                 self._leaving_send.send_nowait(room)
+
+    async def count_hit(self, key: str, ttl_seconds: int) -> int:
+        self._require_client()
+        with self._redis_errors_as_unavailable():
+            count = await self._count_hit_script(
+                keys=[f"{self._prefix}:count:{key}"], args=[ttl_seconds]
+            )
+        return int(count)
 
     @contextmanager
     def present(self, room: str, user: str) -> Iterator[None]:
