@@ -51,12 +51,14 @@ def register_routes(app: Quart, replica: Replica) -> None:
 
     trusted = settings.trusted_networks
 
+    def _client_address(request: Request) -> str:
+        forwarded = request.headers.get("X-Forwarded-For")
+        return client_address(request.remote_addr or "", forwarded, trusted)
+
     async def _check_post_rate(request: Request) -> None:
         if not settings.post_rate_limit:
             return
-        address = client_address(
-            request.remote_addr or "", request.headers.get("X-Forwarded-For"), trusted
-        )
+        address = _client_address(request)
         window = Window.at(time.time(), settings.post_rate_window_seconds)
         try:
             count = await replica.backplane.count_hit(
@@ -102,6 +104,17 @@ def register_routes(app: Quart, replica: Replica) -> None:
             raise _unavailable("this replica is shutting down; reconnect to another")
         if not replica.backplane.connected:
             raise _unavailable("the backplane is not connected; try again shortly")
+        client = _client_address(request)
+        slots = replica.stream_slots
+        if slots.replica_full():
+            raise _unavailable("this replica holds all the streams it can; try another")
+        if slots.client_full(client):
+            raise ApiError(
+                429,
+                "too_many_streams",
+                f"at most {slots.per_client} open streams per client",
+                headers={"Retry-After": "5"},
+            )
         body = event_stream(
             replica.backplane,
             room,
@@ -111,6 +124,7 @@ def register_routes(app: Quart, replica: Replica) -> None:
             retry_ms=settings.retry_ms,
             drain_retry_ms=settings.drain_retry_ms,
             metrics=replica.metrics,
+            hold=slots.hold(client),
             keepalive_seconds=settings.keepalive_seconds,
         )
         response = Response(body, status=200, headers=SSE_HEADERS)

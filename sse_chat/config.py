@@ -42,6 +42,8 @@ class Settings:
     presence_ttl_seconds: float = 20.0
     post_rate_limit: int = 30  # POSTs per client per window; 0 turns the limit off
     post_rate_window_seconds: int = 10
+    max_streams: int = 20_000  # open streams on one replica
+    max_streams_per_client: int = 50  # open streams of one client address on one replica
     trusted_proxies: str = ""  # addresses/networks whose X-Forwarded-For is believed
 
     def __post_init__(self) -> None:
@@ -63,6 +65,8 @@ class Settings:
         _check(self.graceful_timeout_seconds >= 0, "graceful_timeout_seconds", "must be >= 0")
         _check(self.send_timeout_seconds > 0, "send_timeout_seconds", "must be positive")
         _check(self.presence_ttl_seconds > 0, "presence_ttl_seconds", "must be positive")
+        _check(self.max_streams >= 1, "max_streams", "must be at least 1")
+        _check(self.max_streams_per_client >= 1, "max_streams_per_client", "must be at least 1")
         _check(self.post_rate_limit >= 0, "post_rate_limit", "must not be negative")
         _check(self.post_rate_window_seconds >= 1, "post_rate_window_seconds", "must be >= 1")
         try:

@@ -7,6 +7,7 @@ from .backplane.redis import RedisBackplane, parse_redis_url
 from .config import ConfigError, Settings
 from .hub import Hub
 from .metrics import Metrics
+from .slots import StreamSlots
 
 
 class Replica:
@@ -18,6 +19,7 @@ class Replica:
         self.backplane: Backplane = backplane or self._default_backplane()
         self.draining = False
         self.metrics = Metrics()
+        self.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
         backplane = self.backplane
         self.metrics.watch_backplane(lambda: backplane.connected, lambda: backplane.reconnects)
 

@@ -39,15 +39,17 @@ async def event_stream(
     keepalive_seconds: float,
     drain_retry_ms: int = 250,
     metrics: Metrics | None = None,
+    hold: AbstractContextManager[None] | None = None,
 ) -> AsyncIterator[bytes]:
     """The bytes of one SSE response, until the subscription ends."""
     # Subscribe before reading history: a message stored meanwhile is then both replayed and
     # queued live, and the id check below drops the second copy. The other order loses it.
     # If the backplane fails, the stream just ends: the client reconnects and resumes.
     metrics = metrics or Metrics()
+    hold = hold or nullcontext()
     try:
         async with backplane.subscribe(room) as subscriber:
-            with _present(backplane, room, user), _counted(metrics.streams_open):
+            with hold, _present(backplane, room, user), _counted(metrics.streams_open):
                 subscriber.take_presence()  # the snapshot below is newer
                 snapshot = await backplane.presence(room)
                 yield sse.opening_frame(retry_ms, replica, room) + sse.presence_frame(snapshot)

@@ -6,6 +6,7 @@ import httpx
 
 from .conftest import StartReplica
 from .redis_server import RedisServer
+from .support import open_stream, wait_until
 
 # A long window: a test never straddles two of them.
 LIMITS = {"post_rate_limit": 3, "post_rate_window_seconds": 3600}
@@ -57,3 +58,26 @@ async def test_the_limit_is_shared_by_replicas_on_one_redis(
     async with first.client() as a, second.client() as b:
         statuses = [(await _post(client)).status_code for client in (a, b, a, b)]
     assert statuses == [201, 201, 201, 429]
+
+
+async def test_streams_beyond_a_clients_cap_get_429_and_a_closed_one_frees_its_slot(
+    start_replica: StartReplica,
+) -> None:
+    replica = await start_replica(max_streams_per_client=2)
+    slots = replica.app.replica.stream_slots
+    async with replica.client() as client:
+        async with open_stream(client), open_stream(client):
+            third = await client.get("/events")
+        await wait_until(lambda: not slots.client_full("127.0.0.1"))
+        async with open_stream(client) as again:
+            assert again.response.status_code == 200
+    assert third.status_code == 429
+    assert third.json()["error"] == "too_many_streams" and third.headers["retry-after"]
+
+
+async def test_streams_beyond_the_replicas_cap_get_503(start_replica: StartReplica) -> None:
+    replica = await start_replica(max_streams=1)
+    async with replica.client() as client, open_stream(client):
+        second = await client.get("/rooms/other/events")
+    assert second.status_code == 503
+    assert second.json()["error"] == "unavailable" and second.headers["retry-after"]
