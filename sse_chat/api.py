@@ -7,6 +7,7 @@ import time
 from typing import Any, cast
 from urllib.parse import parse_qs
 
+import trio
 from quart import Quart, Request, Response, request
 
 from .backplane import BackplaneUnavailable
@@ -36,7 +37,7 @@ def register_routes(app: Quart, replica: Replica) -> None:
 
     async def post_message(room: str = DEFAULT_ROOM) -> tuple[dict[str, Any], int]:
         _require_room(room)
-        fields = await _read_fields(request)
+        fields = await _read_fields(request, settings.body_timeout_seconds)
         try:
             draft = parse_draft(room, fields, settings.limits)
         except InvalidMessage as invalid:
@@ -185,7 +186,7 @@ def _last_event_id(request: Request) -> MessageId | None:
         raise ApiError(400, "invalid_last_event_id", str(bad)) from None
 
 
-async def _read_fields(request: Request) -> dict[str, object]:
+async def _read_fields(request: Request, body_seconds: float) -> dict[str, object]:
     """The posted fields of a JSON or url-encoded form body."""
     kind = request.mimetype
     if kind not in ("application/json", "application/x-www-form-urlencoded"):
@@ -195,7 +196,11 @@ async def _read_fields(request: Request) -> dict[str, object]:
             "send application/json or application/x-www-form-urlencoded"
             + (f", not {kind}" if kind else " (the Content-Type header is missing)"),
         )
-    body: bytes = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    # A client trickling its body (slowloris) is refused rather than waited for.
+    with trio.move_on_after(body_seconds) as reading:
+        body: bytes = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    if reading.cancelled_caught:
+        raise ApiError(408, "request_timeout", f"the body did not arrive within {body_seconds:g} s")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:

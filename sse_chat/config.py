@@ -35,6 +35,7 @@ class Settings:
     default_history_limit: int = 50
     graceful_timeout_seconds: float = 5.0
     send_timeout_seconds: float = 30.0
+    body_timeout_seconds: float = 10.0  # a POST body slower than this is refused (408)
     # Empty: the embedded backplane. Else redis://, rediss://, unix:// or redis+sentinel://.
     redis_url: str = ""
     redis_password_file: str = ""
@@ -64,6 +65,7 @@ class Settings:
         _check(self.drain_retry_ms >= 0, "drain_retry_ms", "must not be negative")
         _check(self.graceful_timeout_seconds >= 0, "graceful_timeout_seconds", "must be >= 0")
         _check(self.send_timeout_seconds > 0, "send_timeout_seconds", "must be positive")
+        _check(self.body_timeout_seconds > 0, "body_timeout_seconds", "must be positive")
         _check(self.presence_ttl_seconds > 0, "presence_ttl_seconds", "must be positive")
         _check(self.max_streams >= 1, "max_streams", "must be at least 1")
         _check(self.max_streams_per_client >= 1, "max_streams_per_client", "must be at least 1")
