@@ -87,6 +87,23 @@ def create_app(settings: Settings | None = None) -> ChatApp:
     async def stop_backplane() -> None:
         backplane_scope.cancel()
 
+    cors_origins = settings.cors_origin_set
+
+    @app.after_request
+    async def allow_listed_origins(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        response.vary.add("Origin")
+        if origin is None or origin not in cors_origins:
+            return response
+        response.headers["Access-Control-Allow-Origin"] = origin
+        if settings.cors_allow_credentials:
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+        if request.method == "OPTIONS":  # a preflight
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type, Last-Event-ID"
+            response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
     @app.after_request
     async def count_request(response: Response) -> Response:
         rule = request.url_rule

@@ -45,6 +45,8 @@ class Settings:
     post_rate_window_seconds: int = 10
     max_streams: int = 20_000  # open streams on one replica
     max_streams_per_client: int = 50  # open streams of one client address on one replica
+    cors_origins: str = ""  # comma-separated exact origins allowed cross-origin; empty: none
+    cors_allow_credentials: bool = False
     trusted_proxies: str = ""  # addresses/networks whose X-Forwarded-For is believed
 
     def __post_init__(self) -> None:
@@ -71,6 +73,7 @@ class Settings:
         _check(self.max_streams_per_client >= 1, "max_streams_per_client", "must be at least 1")
         _check(self.post_rate_limit >= 0, "post_rate_limit", "must not be negative")
         _check(self.post_rate_window_seconds >= 1, "post_rate_window_seconds", "must be >= 1")
+        _check("*" not in self.cors_origins, "cors_origins", "must list exact origins, not *")
         try:
             parse_networks(self.trusted_proxies)
         except ValueError as bad:
@@ -91,6 +94,11 @@ class Settings:
     def trusted_networks(self) -> tuple[Network, ...]:
         """`trusted_proxies` parsed."""
         return parse_networks(self.trusted_proxies)
+
+    @property
+    def cors_origin_set(self) -> frozenset[str]:
+        """`cors_origins` parsed (`*` is not accepted: origins are exact)."""
+        return frozenset(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
 
     @property
     def limits(self) -> Limits:
@@ -125,7 +133,21 @@ class Settings:
         return replace(self, **changes)
 
 
-_CONVERTERS: dict[str, Callable[[str], object]] = {"str": str, "int": int, "float": float}
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
+
+
+_CONVERTERS: dict[str, Callable[[str], object]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": _boolean,
+}
 
 
 def _check(ok: bool, name: str, rule: str) -> None:
