@@ -10,6 +10,7 @@ from urllib.parse import parse_qs
 import trio
 from quart import Quart, Request, Response, request
 
+from .auth import NotAuthorized, authorize
 from .backplane import BackplaneUnavailable
 from .errors import ApiError
 from .ids import MessageId
@@ -34,14 +35,25 @@ SSE_HEADERS = {
 def register_routes(app: Quart, replica: Replica) -> None:
     """Add the chat API's routes to `app`, serving `replica`."""
     settings = replica.settings
+    post_token, signing_key = settings.post_token, settings.signing_key
 
     async def post_message(room: str = DEFAULT_ROOM) -> tuple[dict[str, Any], int]:
         _require_room(room)
+        try:
+            bound_user = authorize(request.headers.get("Authorization"), post_token, signing_key)
+        except NotAuthorized as refused:
+            raise ApiError(
+                401, "unauthorized", str(refused), headers={"WWW-Authenticate": "Bearer"}
+            ) from None
         fields = await _read_fields(request, settings.body_timeout_seconds)
         try:
             draft = parse_draft(room, fields, settings.limits)
         except InvalidMessage as invalid:
             raise ApiError(422, "invalid_message", str(invalid), field=invalid.field) from None
+        if bound_user is not None and draft.user != bound_user:
+            raise ApiError(
+                403, "user_mismatch", f"this token posts as {bound_user!r} only", field="user"
+            )
         await _check_post_rate(request)
         try:
             message = await replica.backplane.append(draft)

@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     post.add_argument("--user", default=os.environ.get("USER") or "cli")
     post.add_argument("--room", default=DEFAULT_ROOM)
     post.add_argument("--url", default=DEFAULT_URL)
+    post.add_argument(
+        "--token",
+        default=os.environ.get("SSE_CHAT_TOKEN"),
+        help="bearer token, when the server requires one (env SSE_CHAT_TOKEN)",
+    )
 
     tail = commands.add_parser("tail", help="print a room's messages as they arrive")
     tail.add_argument("--room", default=DEFAULT_ROOM)
@@ -75,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_logging(settings.replica_id)
             trio.run(serve, settings)
         elif args.command == "post":
-            message = trio.run(post_message, args.url, args.room, args.user, args.text)
+            message = trio.run(post_message, args.url, args.room, args.user, args.text, args.token)
             print(message["id"])
         else:
             trio.run(partial(_tail, args.url, args.room, args.last_event_id, args.json))

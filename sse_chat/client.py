@@ -17,9 +17,12 @@ class PostRefused(Exception):
     """The server refused a post; the message is its JSON error text."""
 
 
-async def post_message(base_url: str, room: str, user: str, text: str) -> dict[str, Any]:
+async def post_message(
+    base_url: str, room: str, user: str, text: str, token: str | None = None
+) -> dict[str, Any]:
     """POST a message and return the stored message."""
-    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=10, headers=headers) as client:
         response = await client.post(f"/rooms/{room}/messages", json={"user": user, "text": text})
     if response.status_code != 201:
         raise PostRefused(f"{response.status_code}: {response.text.strip()}")

@@ -45,6 +45,8 @@ class Settings:
     post_rate_window_seconds: int = 10
     max_streams: int = 20_000  # open streams on one replica
     max_streams_per_client: int = 50  # open streams of one client address on one replica
+    post_token: str = ""  # set: POSTs need `Authorization: Bearer <this>`
+    signing_key_file: str = ""  # set: POSTs may use per-user tokens signed with this key
     cors_origins: str = ""  # comma-separated exact origins allowed cross-origin; empty: none
     cors_allow_credentials: bool = False
     trusted_proxies: str = ""  # addresses/networks whose X-Forwarded-For is believed
@@ -89,6 +91,17 @@ class Settings:
                 return secret.read().strip()
         except OSError as error:
             raise ConfigError(f"{ENV_PREFIX}REDIS_PASSWORD_FILE: cannot read it: {error}") from None
+
+    @property
+    def signing_key(self) -> bytes:
+        """The key read from `signing_key_file` (a Docker secret), or empty."""
+        if not self.signing_key_file:
+            return b""
+        try:
+            with open(self.signing_key_file, "rb") as secret:
+                return secret.read().strip()
+        except OSError as error:
+            raise ConfigError(f"{ENV_PREFIX}SIGNING_KEY_FILE: cannot read it: {error}") from None
 
     @property
     def trusted_networks(self) -> tuple[Network, ...]:

@@ -32,6 +32,7 @@ class ApiError(Exception):
 # Codes for the statuses that Quart/Werkzeug raise on their own (unknown route, body too big...).
 HTTP_ERROR_CODES = {
     400: "bad_request",
+    401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
