@@ -16,6 +16,7 @@ from .errors import ApiError
 from .ids import MessageId
 from .messages import DEFAULT_ROOM, InvalidMessage, is_valid_room, parse_draft, parse_user
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .openapi import openapi_document
 from .ratelimit import Window, client_address
 from .replica import Replica
 from .stream import event_stream
@@ -170,6 +171,12 @@ def register_routes(app: Quart, replica: Replica) -> None:
     app.add_url_rule("/events", view_func=stream_events, methods=["GET"])
     app.add_url_rule("/rooms/<room>/events", view_func=stream_events, methods=["GET"])
     app.add_url_rule("/rooms/<room>/presence", view_func=presence, methods=["GET"])
+    document = openapi_document(settings)
+
+    async def openapi() -> dict[str, Any]:
+        return document
+
+    app.add_url_rule("/openapi.json", view_func=openapi, methods=["GET"])
     app.add_url_rule("/metrics", view_func=metrics, methods=["GET"])
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     app.add_url_rule("/readyz", view_func=readyz, methods=["GET"])

@@ -177,3 +177,19 @@ async def test_the_page_forbids_inline_script_and_type_sniffing(client: httpx.As
     assert page.headers["x-content-type-options"] == "nosniff"
     assert page.headers["referrer-policy"] == "no-referrer"
     assert "server" not in page.headers
+
+
+async def test_the_openapi_document_carries_the_limits_validation_enforces(
+    start_replica: StartReplica,
+) -> None:
+    replica = await start_replica(max_text_length=123, history_size=77)
+    async with replica.client() as client:
+        document = (await client.get("/openapi.json")).json()
+    post = document["paths"]["/rooms/{room}/messages"]["post"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    limit = document["paths"]["/rooms/{room}/messages"]["get"]["parameters"][0]["schema"]
+    assert document["openapi"].startswith("3.")
+    assert body["properties"]["text"]["maxLength"] == 123
+    assert body["properties"]["user"]["maxLength"] == 40
+    assert limit["maximum"] == 77
+    assert {"201", "400", "413", "415", "422", "429", "503"} <= set(post["responses"])
