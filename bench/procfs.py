@@ -1,0 +1,48 @@
+"""Readings from /proc: a process's CPU time and RSS, and how busy the machine is."""
+
+from __future__ import annotations
+
+import os
+import time
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time that `pid` has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of `pid` in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _busy_and_total() -> tuple[int, int]:
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def busy_fraction(window: float = 0.5) -> float:
+    """How busy all CPUs were over `window` seconds (0..1)."""
+    busy0, total0 = _busy_and_total()
+    time.sleep(window)
+    busy1, total1 = _busy_and_total()
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
+def wait_until_quiet(threshold: float = 0.1, timeout: float = 20.0) -> float:
+    """Wait until the machine is less than `threshold` busy (or `timeout`); the last reading."""
+    deadline = time.monotonic() + timeout
+    busy = busy_fraction()
+    while busy > threshold and time.monotonic() < deadline:
+        busy = busy_fraction()
+    return busy
