@@ -41,6 +41,7 @@ REPLICAS = 3
 class Swarm:
     dockerd: Dockerd
     url: str  # the gateway, standing in for the routing mesh
+    timings: dict[str, float]  # seconds each setup step took, for the report
 
     def chat_containers(self) -> list[str]:
         names = self.dockerd.docker("ps", "--filter", "name=chat_chat.", "--format", "{{.ID}}")
@@ -172,15 +173,20 @@ def swarm() -> Iterator[Swarm]:
     workdir = Path(tempfile.mkdtemp(prefix="sse-chat-swarm-"))
     dockerd = Dockerd(workdir / "docker")
     try:
+        timings: dict[str, float] = {}
+        began = time.monotonic()
         rootfs = standin_rootfs()
         _prepare_standin(rootfs)
+        timings["stand-in rootfs"] = time.monotonic() - began
         dockerd.start()
         arg, base = _base_image_arg()
         stack_text = (ROOT / "stack.yml").read_text()
         redis_image = re.search(r"image:\s*(\S*redis\S*)", stack_text)
         for tag in {base, GATEWAY_IMAGE, redis_image[1] if redis_image else "redis:7"}:
             _import(dockerd, rootfs, tag)
+        began = time.monotonic()
         dockerd.docker("build", "--build-arg", f"{arg}={base}", "-t", CHAT_IMAGE, str(ROOT))
+        timings["image build"] = time.monotonic() - began
         # From here on, nothing in a container may reach beyond this machine.
         run("iptables", "-I", "DOCKER-USER", "-m", "conntrack", "--ctstate", "NEW",
             "!", "-d", "127.0.0.0/8", "-i", "docker_gwbridge", "!", "-o", "docker_gwbridge",
@@ -198,11 +204,13 @@ def swarm() -> Iterator[Swarm]:
         assert secret.returncode == 0
         port = free_port()
         stack = _stack_for_this_machine(dockerd, workdir, port)
+        began = time.monotonic()
         dockerd.docker("stack", "deploy", "-c", str(stack), "chat")
         url = f"http://127.0.0.1:{port}"
         _wait_for(lambda: _healthy_replicas(dockerd) == REPLICAS, "3 healthy replicas")
         _wait_for(lambda: _gateway_ready(url), "the gateway to reach a ready replica")
-        yield Swarm(dockerd, url)
+        timings["deploy to 3 healthy"] = time.monotonic() - began
+        yield Swarm(dockerd, url, timings)
     finally:
         dockerd.docker("stack", "rm", "chat", check=False)
         dockerd.docker("swarm", "leave", "--force", check=False)
@@ -239,6 +247,7 @@ async def test_chat_survives_a_rolling_update_and_a_killed_task(swarm: Swarm) ->
 
         with trio.fail_after(300):
             await post_until(20)
+            update_began = trio.current_time()
             update = await trio.to_thread.run_sync(
                 lambda: subprocess.Popen(
                     ["docker", "service", "update", "--force", "chat_chat"],
@@ -250,9 +259,15 @@ async def test_chat_survives_a_rolling_update_and_a_killed_task(swarm: Swarm) ->
             while update.poll() is None:
                 await post_until(len(accepted) + 5)
             assert update.returncode == 0
+            swarm.timings["rolling update"] = trio.current_time() - update_began
             victim = swarm.chat_containers()[0]
+            killed_at = trio.current_time()
             await trio.to_thread.run_sync(swarm.dockerd.docker, "kill", victim)
             await post_until(len(accepted) + 40)
+            await trio.to_thread.run_sync(
+                _wait_for, lambda: _healthy_replicas(swarm.dockerd) == REPLICAS, "a replacement"
+            )
+            swarm.timings["killed task replaced"] = trio.current_time() - killed_at
             wanted = {message["id"] for message in accepted}
             await wait_until(lambda: all(client.has_all(wanted) for client in clients))
         nursery.cancel_scope.cancel()
@@ -267,5 +282,6 @@ async def test_chat_survives_a_rolling_update_and_a_killed_task(swarm: Swarm) ->
         f"\nswarm: {len(accepted)} posts accepted, {len(refused)} refused; each of"
         f" {len(clients)} clients got all, once and in order, across"
         f" {len(replicas_seen)} replica containers and {sum(len(c.streams) - 1 for c in clients)}"
-        " reconnects"
+        " reconnects; "
+        + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in swarm.timings.items())
     )
