@@ -71,6 +71,10 @@ def create_app(settings: Settings | None = None) -> ChatApp:
     async def index() -> Response:
         return await send_file(static_dir() / "index.html", mimetype="text/html")
 
+    @app.get("/docs")
+    async def api_reference() -> Response:
+        return await send_file(static_dir() / "api.html", mimetype="text/html")
+
     # The backplane runs in the lifespan's nursery; its own scope stops it at once on shutdown
     # instead of waiting out Quart's grace period for background tasks.
     backplane_scope = trio.CancelScope()

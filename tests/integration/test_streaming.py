@@ -193,3 +193,11 @@ async def test_the_openapi_document_carries_the_limits_validation_enforces(
     assert body["properties"]["user"]["maxLength"] == 40
     assert limit["maximum"] == 77
     assert {"201", "400", "413", "415", "422", "429", "503"} <= set(post["responses"])
+
+
+async def test_the_api_reference_page_is_served(client: httpx.AsyncClient) -> None:
+    page = await client.get("/docs")
+    script = await client.get("/static/api.js")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/static/api.js">' in page.text
+    assert "/openapi.json" in script.text
