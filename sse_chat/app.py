@@ -6,7 +6,13 @@ import os
 from pathlib import Path
 
 import trio
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
 from quart import Response, jsonify, request, send_file
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -50,12 +56,28 @@ class ChatApp(QuartTrio):
         extra_headers = [(b"x-replica", self.replica.settings.replica_id.encode())]
         extra_headers += SECURITY_HEADERS
 
+        headers = dict(scope.get("headers", ()))
+        has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
+        body_read = not has_body
+
+        async def receive_noting_body() -> ASGIReceiveEvent:
+            nonlocal body_read
+            event = await receive()
+            if event["type"] == "http.request" and not event.get("more_body", False):
+                body_read = True
+            return event
+
         async def send_with_replica(event: ASGISendEvent) -> None:
             if event["type"] == "http.response.start":
-                event["headers"] = [*event.get("headers", ()), *extra_headers]
+                response_headers = [*event.get("headers", ()), *extra_headers]
+                if not body_read:
+                    # Answered before the body was read (e.g. 405, 415): hypercorn can then
+                    # stall the connection's next request, so the client should not reuse it.
+                    response_headers.append((b"connection", b"close"))
+                event["headers"] = response_headers
             await send(event)
 
-        await super().asgi_app(scope, receive, send_with_replica)
+        await super().asgi_app(scope, receive_noting_body, send_with_replica)
 
 
 def create_app(settings: Settings | None = None) -> ChatApp:

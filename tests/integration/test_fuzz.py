@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -131,3 +132,41 @@ def test_any_history_or_stream_request_is_answered_below_500(
         if stream.status_code != 200:
             stream.read()
             _assert_refusal_shape(stream)
+
+
+def test_schemathesis_finds_no_5xx_and_no_answer_off_the_openapi_document(
+    client: httpx.Client, tmp_path: Path
+) -> None:
+    report = tmp_path / "schemathesis.json"
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("st")), "run", f"{client.base_url}/openapi.json",
+            "--exclude-path-regex", "events",  # streams never end; the test above fuzzes them
+            "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+            "response_schema_conformance",
+            "--max-examples", "40",
+            "--request-timeout", "20",
+            "--report", "json", "--report-json-path", str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:]
+    counts = json.loads(report.read_text())["test_cases"]
+    print(f"\nschemathesis: {counts['generated']} requests, {counts['with_failures']} failing")
+    assert counts["generated"] >= 100
+
+
+def test_refusals_before_the_body_is_read_do_not_stall_the_next_request(
+    client: httpx.Client,
+) -> None:
+    # Answered before their bodies were read, hypercorn would leave a later request on the same
+    # kept-alive connection unanswered; each such answer now tells the client not to reuse it.
+    statuses = []
+    for _ in range(4):
+        refused = client.request("DELETE", "/messages", json={"user": "a", "text": "b"})
+        unsupported = client.post("/messages", content=b"x")
+        statuses += [refused.status_code, unsupported.status_code]
+    assert statuses == [405, 415] * 4
