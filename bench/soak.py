@@ -79,15 +79,20 @@ async def post_steadily(host: str, port: int, per_second: float, totals: Totals)
         f"POST /messages HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-    stream = await trio.open_tcp_stream(host, port)
-    async with stream:
-        while True:
-            await stream.send_all(request)
-            answer = b""
-            while b"\r\n\r\n" not in answer or not answer.endswith(b"}\n"):
-                answer += await stream.receive_some(65536)
-            totals.posted += answer.startswith(b"HTTP/1.1 201")
-            await trio.sleep(1 / per_second)
+    while True:
+        # A new connection whenever the server says it will not take more on this one
+        # (hypercorn closes a connection after 1,000 requests).
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            while True:
+                await stream.send_all(request)
+                answer = b""
+                while b"\r\n\r\n" not in answer or not answer.endswith(b"}\n"):
+                    answer += await stream.receive_some(65536)
+                totals.posted += answer.startswith(b"HTTP/1.1 201")
+                await trio.sleep(1 / per_second)
+                if b"connection: close" in answer.lower():
+                    break
 
 
 def open_fds(pid: int) -> int:
