@@ -26,11 +26,15 @@ async def wait_until(condition: Callable[[], bool], interval: float = 0.02) -> N
             await trio.sleep(interval)
 
 
-async def wait_until_ready(url: str) -> None:
-    """Poll a starting replica's /readyz (as swarm does) until it answers 200."""
+async def wait_until_ready(url: str, alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll a starting replica's /readyz (as swarm does) until it answers 200.
+
+    `alive` says whether the replica's process still runs: a crash fails at once.
+    """
     async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
         with trio.fail_after(TIMEOUT):
             while True:
+                assert alive(), f"the replica at {url} exited while starting"
                 try:
                     if (await client.get("/readyz")).status_code == 200:
                         return

@@ -14,7 +14,7 @@ import httpx
 import trio
 
 from ..integration.redis_server import free_port
-from ..integration.support import TIMEOUT
+from ..integration.support import TIMEOUT, wait_until_ready
 
 GRACEFUL_TIMEOUT_SECONDS = 5.0  # the replicas' default drain deadline
 LOG_LIMIT = 256 * 1024  # bytes of a process's output kept for failure messages
@@ -83,16 +83,10 @@ class ReplicaProcess(OwnedProcess):
         argv = [sys.executable, "-m", "sse_chat", "serve", "--port", str(self.port)]
         await self._launch([*argv, "--replica-id", self.replica_id], env=self.env)
         self.starts += 1
-        async with httpx.AsyncClient(base_url=self.url, timeout=TIMEOUT) as client:
-            with trio.fail_after(TIMEOUT):
-                while True:  # nothing signals readiness but /readyz itself: poll it, as swarm does
-                    assert self.running, f"{self.name} exited at start\n{self.log_tail()}"
-                    try:
-                        if (await client.get("/readyz")).status_code == 200:
-                            return
-                    except httpx.TransportError:
-                        pass  # not listening yet
-                    await trio.sleep(0.05)
+        try:
+            await wait_until_ready(self.url, alive=lambda: self.running)
+        except AssertionError:
+            raise AssertionError(f"{self.name} exited at start\n{self.log_tail()}") from None
 
     async def terminate(self) -> int:
         """SIGTERM (a rolling update's stop): drain, then exit within the graceful timeout."""
