@@ -17,12 +17,12 @@ from .presence import Presence
 KEEPALIVE_FRAME = b": keepalive\n\n"
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=256)
 def message_frame(message: Message) -> bytes:
     """`id:`/`event: message`/`data:` for one chat message.
 
     Cached: a message fanned out to thousands of streams is encoded once, and they all send the
-    same bytes.
+    same bytes. Only recent messages are being fanned out, so the cache stays small.
     """
     return f"id: {message.id}\nevent: message\ndata: {message.json}\n\n".encode()
 
