@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, nullcontext
 
 import trio
-from prometheus_client import Gauge
 
 from . import sse
 from .backplane import Backplane, BackplaneUnavailable
 from .hub import SubscriptionEnded
 from .ids import MessageId
 from .metrics import Metrics
-
-
-@contextmanager
-def _counted(gauge: Gauge) -> Iterator[None]:
-    gauge.inc()
-    try:
-        yield
-    finally:
-        gauge.dec()
 
 
 def _present(backplane: Backplane, room: str, user: str | None) -> AbstractContextManager[None]:
@@ -49,7 +39,7 @@ async def event_stream(
     hold = hold or nullcontext()
     try:
         async with backplane.subscribe(room) as subscriber:
-            with hold, _present(backplane, room, user), _counted(metrics.streams_open):
+            with hold, _present(backplane, room, user), metrics.streams_open.track_inprogress():
                 subscriber.take_presence()  # the snapshot below is newer
                 snapshot = await backplane.presence(room)
                 yield sse.opening_frame(retry_ms, replica, room) + sse.presence_frame(snapshot)
