@@ -19,9 +19,11 @@ from sse_chat.sse import ServerSentEvent
 TIMEOUT = 10  # seconds any single wait in these tests may take before it counts as a hang
 
 
-async def wait_until(condition: Callable[[], bool], interval: float = 0.02) -> None:
-    """Poll `condition` until it holds (or TIMEOUT): only for states that signal no event."""
-    with trio.fail_after(TIMEOUT):
+async def wait_until(
+    condition: Callable[[], bool], interval: float = 0.02, seconds: float = TIMEOUT
+) -> None:
+    """Poll `condition` until it holds (or `seconds` pass): only for states with no event."""
+    with trio.fail_after(seconds):
         while not condition():  # noqa: ASYNC110 - nothing to await: the state is polled
             await trio.sleep(interval)
 
