@@ -75,6 +75,16 @@ class ChatApp(QuartTrio):
                     # stall the connection's next request, so the client should not reuse it.
                     response_headers.append((b"connection", b"close"))
                 event["headers"] = response_headers
+            elif event["type"] == "http.response.body" and not event.get("more_body", False):
+                # hypercorn ends the exchange inside this call (closes the connection, or
+                # readies it for the next request), while quart-trio cancels the request as
+                # soon as it hears the exchange is over: cancelled midway, the connection was
+                # neither closed nor watched for idleness, and stayed open until the client
+                # left. Nothing here waits longer than a socket write, and those hypercorn
+                # shields anyway.
+                with trio.CancelScope(shield=True):
+                    await send(event)
+                return
             await send(event)
 
         await super().asgi_app(scope, receive_noting_body, send_with_replica)

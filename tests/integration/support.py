@@ -65,6 +65,12 @@ class RunningReplica:
         return httpx.AsyncClient(base_url=self.url, timeout=timeout, **kwargs)
 
 
+async def open_raw(replica: RunningReplica) -> trio.SocketStream:
+    """A plain TCP connection to a replica, to send and read exact bytes."""
+    host, port = replica.url.removeprefix("http://").split(":")
+    return await trio.open_tcp_stream(host, int(port))
+
+
 class EventStream:
     """An open SSE response, read event by event with a timeout."""
 

@@ -7,12 +7,7 @@ import json
 import trio
 
 from .conftest import StartReplica
-from .support import TIMEOUT, RunningReplica, open_stream, post
-
-
-async def _raw(replica: RunningReplica) -> trio.SocketStream:
-    host, port = replica.url.removeprefix("http://").split(":")
-    return await trio.open_tcp_stream(host, int(port))
+from .support import TIMEOUT, RunningReplica, open_raw, open_stream, post
 
 
 async def _response(stream: trio.SocketStream) -> bytes:
@@ -34,7 +29,7 @@ async def _others_still_served(replica: RunningReplica) -> None:
 
 async def test_a_body_trickled_slowly_is_refused_with_408(start_replica: StartReplica) -> None:
     replica = await start_replica(body_timeout_seconds=0.3)
-    slow = await _raw(replica)
+    slow = await open_raw(replica)
     await slow.send_all(
         b"POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b'Content-Length: 40\r\n\r\n{"user"'
@@ -50,7 +45,7 @@ async def test_a_10_mb_body_is_refused_with_413_without_reading_it(
     start_replica: StartReplica,
 ) -> None:
     replica = await start_replica()
-    big = await _raw(replica)
+    big = await open_raw(replica)
     await big.send_all(
         b"POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: 10485760\r\n\r\n" + b"x" * 65536
@@ -66,7 +61,7 @@ async def test_a_huge_header_is_refused_and_the_replica_stays_healthy(
     start_replica: StartReplica,
 ) -> None:
     replica = await start_replica()
-    huge = await _raw(replica)
+    huge = await open_raw(replica)
     await huge.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"j" * 200_000)
     data = b""
     with trio.fail_after(TIMEOUT):
