@@ -12,6 +12,7 @@ from quart import Quart, Request, Response, request
 
 from .auth import NotAuthorized, authorize
 from .backplane import BackplaneUnavailable
+from .direct import connection_socket
 from .errors import ApiError
 from .ids import MessageId
 from .messages import DEFAULT_ROOM, InvalidMessage, is_valid_room, parse_draft, parse_user
@@ -140,6 +141,9 @@ def register_routes(app: Quart, replica: Replica) -> None:
             metrics=replica.metrics,
             hold=slots.hold(client),
             keepalive_seconds=settings.keepalive_seconds,
+            # HTTP/1.1 streams are written straight to their socket (chunked), bypassing h11.
+            socket=connection_socket.get() if request.http_version == "1.1" else None,
+            capacity=settings.client_buffer,
         )
         response = Response(body, status=200, headers=SSE_HEADERS)
         response.timeout = None  # a stream lives as long as its client: no response timeout

@@ -2,17 +2,24 @@
 
 Publishing never waits: a subscriber whose buffer is full is cut off (it ends, and so does its
 stream), so one slow client cannot slow the others. It reconnects and resumes from history.
+A subscriber attached to its client's socket (`Subscriber.attach`) is written to right in the
+publishing loop; the others queue messages for their stream's task.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import trio
 
+from . import sse
+from .direct import SocketWriter, chunk, message_chunk
+from .ids import MessageId
 from .messages import Message
+from .metrics import Metrics
 from .presence import Presence
 
 
@@ -28,10 +35,12 @@ class Subscriber:
     """One client's view of a room: messages wait here until its stream takes them."""
 
     __slots__ = (
+        "_after",
         "_capacity",
         "_lot",
         "_pending",
         "_presence",
+        "_writer",
         "closed",
         "oldest_queued_at",
         "overflowed",
@@ -47,25 +56,70 @@ class Subscriber:
         self._presence: Presence | None = None  # only the latest view matters
         self.oldest_queued_at = 0.0  # trio clock: when the oldest waiting message arrived
         self._lot = trio.lowlevel.ParkingLot()
+        self._writer: SocketWriter | None = None
+        self._after: MessageId | None = None  # skip live copies of replayed messages
 
-    def push(self, message: Message) -> None:
-        """Queue a message without waiting; overflowing the buffer cuts the subscriber off."""
+    def attach(self, writer: SocketWriter, after: MessageId | None) -> None:
+        """Write to `writer` from now on: what is queued first, then each message pushed.
+
+        `after` is the newest id the client already has; older live copies are skipped.
+        """
         if self.closed:
             return
+        self._writer, self._after = writer, after
+        queued = list(self._pending)
+        self._pending.clear()
+        for message in queued:
+            self.push(message)
+        presence = self.take_presence()
+        if presence is not None:
+            self._write(chunk(sse.presence_frame(presence)))
+
+    def _write(self, data: bytes) -> bool:
+        writer = self._writer
+        assert writer is not None
+        if writer.write(data):
+            return True
+        self.overflowed = writer.full
+        self.close()
+        return False
+
+    def push(self, message: Message) -> bool:
+        """Hand over a message without waiting; overflowing the buffer cuts the subscriber off.
+
+        True when the message was written to the client's socket (an attached subscriber).
+        """
+        if self.closed:
+            return False
+        if self._writer is not None:
+            after = self._after
+            if after is not None:
+                if message.id <= after:
+                    return False
+                self._after = None
+            return self._write(message_chunk(message))
         if len(self._pending) >= self._capacity:
             self.overflowed = True
             self.close()
-            return
+            return False
         if not self._pending:
             self.oldest_queued_at = trio.current_time()
         self._pending.append(message)
         self._lot.unpark_all()
+        return False
 
-    def push_presence(self, presence: Presence) -> None:
-        """Replace the waiting presence view (views coalesce: no buffer to overflow)."""
-        if not self.closed:
-            self._presence = presence
-            self._lot.unpark_all()
+    def push_presence(self, presence: Presence, frame: bytes | None = None) -> None:
+        """Replace the waiting presence view (views coalesce: no buffer to overflow).
+
+        `frame` is the view's chunk, when the caller has it (an attached subscriber writes it).
+        """
+        if self.closed:
+            return
+        if self._writer is not None:
+            self._write(frame or chunk(sse.presence_frame(presence)))
+            return
+        self._presence = presence
+        self._lot.unpark_all()
 
     def take_presence(self) -> Presence | None:
         """The presence view waiting since the last call, if any."""
@@ -78,6 +132,8 @@ class Subscriber:
         self._pending.clear()
         self._presence = None
         self._lot.unpark_all()
+        if self._writer is not None:
+            self._writer.wake()
 
     async def receive_batch(self) -> list[Message]:
         """Wait for messages (or a presence view) and take all messages waiting, oldest first."""
@@ -93,9 +149,10 @@ class Subscriber:
 class Hub:
     """room -> subscribers on this replica."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, metrics: Metrics | None = None) -> None:
         self._capacity = capacity
         self._rooms: dict[str, set[Subscriber]] = {}
+        self._metrics = metrics or Metrics()
         self.closed = False
 
     @contextmanager
@@ -114,14 +171,30 @@ class Hub:
                 del self._rooms[room]
 
     def publish(self, message: Message) -> None:
-        """Hand a message to every subscriber of its room, without waiting."""
-        for subscriber in tuple(self._rooms.get(message.room, ())):
-            subscriber.push(message)
+        """Hand a message to every subscriber of its room, without waiting.
+
+        Attached subscribers get it written to their sockets here; this loop is the replica's
+        hot path (one message, thousands of streams).
+        """
+        subscribers = self._rooms.get(message.room)
+        if not subscribers:
+            return
+        started = time.perf_counter()
+        written = 0
+        for subscriber in tuple(subscribers):
+            written += subscriber.push(message)
+        if written:
+            self._metrics.messages_delivered.inc(written)
+            self._metrics.fanout_seconds.observe(time.perf_counter() - started)
 
     def publish_presence(self, presence: Presence) -> None:
         """Hand a presence view to every subscriber of its room."""
-        for subscriber in tuple(self._rooms.get(presence.room, ())):
-            subscriber.push_presence(presence)
+        subscribers = self._rooms.get(presence.room)
+        if not subscribers:
+            return
+        frame = chunk(sse.presence_frame(presence))
+        for subscriber in tuple(subscribers):
+            subscriber.push_presence(presence, frame)
 
     def has_subscribers(self, room: str) -> bool:
         """True while at least one local client follows `room`."""

@@ -34,7 +34,8 @@ class Metrics:
         )
         self.fanout_seconds = Histogram(
             "sse_chat_fanout_seconds",
-            "From a batch reaching a stream's buffer to its write being handed to the server",
+            "From a message reaching the replica's fan-out to its hand-off to the connections"
+            " (per message for streams written directly, per batch for queued ones)",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=registry,
         )

@@ -15,10 +15,10 @@ class Replica:
 
     def __init__(self, settings: Settings, backplane: Backplane | None = None) -> None:
         self.settings = settings
-        self.hub = Hub(settings.client_buffer)
+        self.metrics = Metrics()
+        self.hub = Hub(settings.client_buffer, self.metrics)
         self.backplane: Backplane = backplane or self._default_backplane()
         self.draining = False
-        self.metrics = Metrics()
         self.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
         backplane = self.backplane
         self.metrics.watch_backplane(lambda: backplane.connected, lambda: backplane.reconnects)

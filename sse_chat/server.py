@@ -1,4 +1,8 @@
-"""Serve a replica with hypercorn's trio worker until told to stop, then drain."""
+"""Serve a replica with hypercorn's HTTP handling until told to stop, then drain.
+
+The accept loop is ours (hypercorn's trio worker loop, minus what we do not use) so that each
+connection's task knows its socket: a stream then writes its frames there directly (`direct`).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,15 @@ from functools import partial
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
+from hypercorn.utils import repr_socket_addr, wrap_app
 
 from .app import ChatApp, create_app
 from .config import Settings
+from .direct import connection_socket
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +48,9 @@ def listening_socket(settings: Settings) -> socket.socket:
     return sock
 
 
-def hypercorn_config(settings: Settings, sock: socket.socket) -> Config:
-    """hypercorn's settings for one replica listening on `sock` (hypercorn then owns it)."""
+def hypercorn_config(settings: Settings) -> Config:
+    """hypercorn's settings for one replica."""
     config = Config()
-    config.bind = [f"fd://{sock.detach()}"]
     config.graceful_timeout = settings.graceful_timeout_seconds
     config.include_server_header = False
     config.accesslog = None
@@ -56,6 +64,42 @@ async def wait_for_stop_signal() -> None:
         async for signum in signals:
             log.info("received %s, draining", signal.Signals(signum).name)
             return
+
+
+async def _serve_connections(
+    app: AppWrapper,
+    config: Config,
+    sock: socket.socket,
+    stop: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[str],
+) -> None:
+    """Accept on `sock` and run hypercorn's HTTP handling on each connection until `stop`
+    returns; then give open connections `config.graceful_timeout` to finish."""
+    state: LifespanState = {}
+    lifespan = Lifespan(app, config, state)
+    context = WorkerContext(config.max_requests)
+    sock.listen(config.backlog)
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+    async def handle(stream: trio.SocketStream) -> None:
+        connection_socket.set(stream.socket)  # the app's tasks for this connection inherit it
+        await TCPServer(app, config, context, ConnectionState(state.copy()), stream)  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as connections:
+            async with listener, trio.open_nursery() as accepting:
+                accepting.start_soon(
+                    partial(trio.serve_listeners, handle, [listener], handler_nursery=connections)
+                )
+                task_status.started(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+                await stop()
+                accepting.cancel_scope.cancel()
+            await context.terminated.set()  # idle keep-alive connections close now
+            connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
 
 
 async def serve(
@@ -76,13 +120,13 @@ async def serve(
         app.replica.drain()
 
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(
-            partial(
-                hypercorn_serve,
-                app,
-                hypercorn_config(settings, listening_socket(settings)),
-                shutdown_trigger=drain_then_stop,
-            )
+        config = hypercorn_config(settings)
+        url: str = await nursery.start(
+            _serve_connections,
+            wrap_app(app, config.wsgi_max_body_size, "asgi"),
+            config,
+            listening_socket(settings),
+            drain_then_stop,
         )
-        log.info("replica %s listening on %s", settings.replica_id, binds[0])
-        task_status.started(binds[0])
+        log.info("replica %s listening on %s", settings.replica_id, url)
+        task_status.started(url)

@@ -9,7 +9,8 @@ import trio
 
 from . import sse
 from .backplane import Backplane, BackplaneUnavailable
-from .hub import SubscriptionEnded
+from .direct import KEEPALIVE_CHUNK, SocketWriter, chunk
+from .hub import Subscriber, SubscriptionEnded
 from .ids import MessageId
 from .metrics import Metrics
 
@@ -30,8 +31,15 @@ async def event_stream(
     drain_retry_ms: int = 250,
     metrics: Metrics | None = None,
     hold: AbstractContextManager[None] | None = None,
+    socket: trio.socket.SocketType | None = None,
+    capacity: int = 256,
 ) -> AsyncIterator[bytes]:
-    """The bytes of one SSE response, until the subscription ends."""
+    """The bytes of one SSE response, until the subscription ends.
+
+    With the client's `socket` (an HTTP/1.1 connection), only the first frames go through the
+    server; after them the stream is written straight to the socket (see `direct`), and the
+    generator returns when the stream ends. Without it every frame is yielded.
+    """
     # Subscribe before reading history: a message stored meanwhile is then both replayed and
     # queued live, and the id check below drops the second copy. The other order loses it.
     # If the backplane fails, the stream just ends: the client reconnects and resumes.
@@ -42,17 +50,27 @@ async def event_stream(
             with hold, _present(backplane, room, user), metrics.streams_open.track_inprogress():
                 subscriber.take_presence()  # the snapshot below is newer
                 snapshot = await backplane.presence(room)
-                yield sse.opening_frame(retry_ms, replica, room) + sse.presence_frame(snapshot)
+                frames = [sse.opening_frame(retry_ms, replica, room), sse.presence_frame(snapshot)]
                 last = after
                 if after is not None:
                     replay = await backplane.since(room, after)
-                    frames = [sse.gap_frame(after, replay.oldest)] if replay.gap else []
+                    if replay.gap:
+                        frames.append(sse.gap_frame(after, replay.oldest))
                     frames += [sse.message_frame(message) for message in replay.messages]
                     if replay.messages:
                         last = replay.messages[-1].id
-                    if frames:
-                        metrics.messages_delivered.inc(len(replay.messages))
-                        yield b"".join(frames)
+                    metrics.messages_delivered.inc(len(replay.messages))
+                yield b"".join(frames)  # this sends the headers too
+                if socket is not None:
+                    writer = SocketWriter(socket, capacity)
+                    subscriber.attach(writer, last)
+                    await _follow_directly(subscriber, writer, keepalive_seconds)
+                    if subscriber.overflowed:
+                        metrics.slow_clients_cut.inc()
+                    elif writer.ok:  # closed, not cut off: reconnect soon (to another replica)
+                        writer.write(chunk(sse.retry_frame(drain_retry_ms)))
+                        await writer.flush()
+                    return
                 draining = False
                 while True:
                     batch = None
@@ -84,3 +102,17 @@ async def event_stream(
                     yield sse.retry_frame(drain_retry_ms)
     except BackplaneUnavailable:
         return
+
+
+async def _follow_directly(
+    subscriber: Subscriber, writer: SocketWriter, keepalive_seconds: float
+) -> None:
+    """Keep an attached stream going until it ends: flush what the socket could not take at
+    once, and send a keepalive after each quiet interval."""
+    while not subscriber.closed:
+        with trio.move_on_after(keepalive_seconds) as quiet:
+            await writer.wait_for_work()
+        if quiet.cancelled_caught and not writer.write(KEEPALIVE_CHUNK):
+            subscriber.close()
+        if not await writer.flush():
+            subscriber.close()

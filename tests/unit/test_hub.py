@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import contextlib
+import socket
+from collections.abc import Iterator
+
 import pytest
 import trio
 import trio.testing
 
+from sse_chat.direct import SocketWriter
 from sse_chat.hub import Hub, Subscriber, SubscriptionEnded
 from sse_chat.ids import MessageId
 from sse_chat.messages import Message
@@ -142,3 +147,65 @@ def test_subscriber_leaves_its_room_even_when_the_block_raises() -> None:
     with pytest.raises(RuntimeError), hub.subscribe("lobby"):
         raise RuntimeError("client went away")
     assert hub.rooms() == []
+
+
+@contextlib.contextmanager
+def attached(capacity: int = 10) -> Iterator[tuple[SocketWriter, socket.socket]]:
+    """A writer to one end of a socket pair, and the other end (the client's, non-blocking)."""
+    server, client = socket.socketpair()
+    client.setblocking(False)
+    with server, client:
+        yield SocketWriter(trio.socket.from_stdlib_socket(server), capacity), client
+
+
+def received_ids(client: socket.socket) -> list[str]:
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while part := client.recv(65536):
+            data += part
+    return [line[4:].decode() for line in data.split(b"\n") if line.startswith(b"id: ")]
+
+
+async def test_attach_writes_what_queued_after_the_replayed_id_then_each_message() -> None:
+    hub = Hub(capacity=10)
+    with attached() as (writer, client), hub.subscribe("lobby") as subscriber:
+        for seq in range(1, 4):
+            hub.publish(message("lobby", seq))  # queued while history was being read
+        subscriber.attach(writer, MessageId(1, 1))  # the replay ended with 1-1
+        hub.publish(message("lobby", 4))
+        assert received_ids(client) == ["1-2", "1-3", "1-4"]
+
+
+async def test_an_attached_subscriber_skips_live_copies_of_replayed_messages() -> None:
+    hub = Hub(capacity=10)
+    with attached() as (writer, client), hub.subscribe("lobby") as subscriber:
+        subscriber.attach(writer, MessageId(1, 5))  # replay read 1-5 before pub/sub sent it
+        for seq in range(4, 8):
+            hub.publish(message("lobby", seq))
+        assert received_ids(client) == ["1-6", "1-7"]
+
+
+async def test_an_attached_subscriber_whose_client_is_gone_is_closed_not_overflowed() -> None:
+    hub = Hub(capacity=10)
+    with (
+        attached() as (writer, client),
+        hub.subscribe("lobby") as subscriber,
+        hub.subscribe("lobby") as other,
+    ):
+        client.close()
+        subscriber.attach(writer, None)
+        hub.publish(message("lobby", 1))
+        assert (subscriber.closed, subscriber.overflowed) == (True, False)
+        assert await other.receive_batch() == [message("lobby", 1)]
+
+
+async def test_closing_the_hub_wakes_an_attached_stream() -> None:
+    hub = Hub(capacity=10)
+    with attached() as (writer, _), hub.subscribe("lobby") as subscriber:
+        subscriber.attach(writer, None)
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer.wait_for_work)
+                await trio.testing.wait_all_tasks_blocked()
+                hub.close()
+        assert subscriber.closed
