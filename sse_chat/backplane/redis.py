@@ -73,6 +73,9 @@ _REDIS_ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
 COMMAND_TIMEOUT = 2.0  # seconds: a command slower than this fails (503 for a POST)
 HEALTH_INTERVAL = 1.0  # seconds between self-pings through the pub/sub connection
 HEALTH_TIMEOUT = 10.0  # seconds a self-ping may take before the connection counts as lost
+# Messages forwarded within this window reach the hub together, so each stream gets them in one
+# write. Under load, when pub/sub delivers a backlog at once, this saves a write per message.
+BATCH_WINDOW = 0.001
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
 
 
@@ -165,6 +168,7 @@ class RedisBackplane:
         self._connected = False
         self._subscribed: set[str] = set()  # rooms the pub/sub connection follows
         self._last_forwarded: dict[str, MessageId] = {}  # per followed room
+        self._outbox_send, self._outbox = trio.open_memory_channel[Message](math.inf)
         self._subscription_lock = trio.Lock()
         self._leaving_send, self._leaving_receive = trio.open_memory_channel[str](math.inf)
         self._pong = trio.Event()
@@ -211,7 +215,9 @@ class RedisBackplane:
             self._count_hit_script = client.register_script(_COUNT_HIT_LUA)
             task_status.started()
             try:
-                await self._follow_forever(client)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._publish_in_batches)
+                    await self._follow_forever(client)
             finally:
                 self._client = None
                 self._connected = False
@@ -388,7 +394,19 @@ class RedisBackplane:
         if room not in self._subscribed or last is None or message.id <= last:
             return
         self._last_forwarded[room] = message.id
-        self._hub.publish(message)
+        self._outbox_send.send_nowait(message)
+
+    async def _publish_in_batches(self) -> None:
+        """Hand forwarded messages to the hub, those that arrive together in one batch."""
+        while True:
+            batch = [await self._outbox.receive()]
+            await trio.sleep(BATCH_WINDOW)
+            while True:
+                try:
+                    batch.append(self._outbox.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            self._hub.publish_batch(batch)
 
     async def _backfill(self, client: coredis.Redis[str], room: str) -> int:
         """Forward what the stream holds after the last id forwarded for `room`."""

@@ -209,3 +209,23 @@ async def test_closing_the_hub_wakes_an_attached_stream() -> None:
                 await trio.testing.wait_all_tasks_blocked()
                 hub.close()
         assert subscriber.closed
+
+
+async def test_a_batch_reaches_an_attached_subscriber_as_one_chunk_per_room() -> None:
+    hub = Hub(capacity=10)
+    batch = [message("lobby", 1), message("dev", 2), message("lobby", 3)]
+    with (
+        attached() as (writer, client),
+        hub.subscribe("lobby") as lobby,
+        hub.subscribe("dev") as queued,
+    ):
+        lobby.attach(writer, None)
+        hub.publish_batch(batch)
+        data = client.recv(65536)
+        size, _, rest = data.partition(b"\r\n")
+        assert int(size, 16) == len(rest) - 2  # the whole write is one chunk
+        assert [line for line in rest.split(b"\n") if line.startswith(b"id: ")] == [
+            b"id: 1-1",
+            b"id: 1-3",
+        ]
+        assert await queued.receive_batch() == [message("dev", 2)]
