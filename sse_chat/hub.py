@@ -73,9 +73,10 @@ class Subscriber:
             self.push(message)
         presence = self.take_presence()
         if presence is not None:
-            self._write(chunk(sse.presence_frame(presence)))
+            self.write(chunk(sse.presence_frame(presence)))
 
-    def _write(self, data: bytes) -> bool:
+    def write(self, data: bytes) -> bool:
+        """Write to the attached socket; a writer that fails or is full ends the subscriber."""
         writer = self._writer
         assert writer is not None
         if writer.write(data):
@@ -97,7 +98,7 @@ class Subscriber:
                 if message.id <= after:
                     return False
                 self._after = None
-            return self._write(message_chunk(message))
+            return self.write(message_chunk(message))
         if len(self._pending) >= self._capacity:
             self.overflowed = True
             self.close()
@@ -114,7 +115,7 @@ class Subscriber:
         if self.closed:
             return 0
         if self._writer is not None and self._after is None:
-            return len(messages) if self._write(data) else 0
+            return len(messages) if self.write(data) else 0
         return sum(self.push(message) for message in messages)
 
     def push_presence(self, presence: Presence, frame: bytes | None = None) -> None:
@@ -125,7 +126,7 @@ class Subscriber:
         if self.closed:
             return
         if self._writer is not None:
-            self._write(frame or chunk(sse.presence_frame(presence)))
+            self.write(frame or chunk(sse.presence_frame(presence)))
             return
         self._presence = presence
         self._lot.unpark_all()

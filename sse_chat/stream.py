@@ -112,7 +112,7 @@ async def _follow_directly(
     while not subscriber.closed:
         with trio.move_on_after(keepalive_seconds) as quiet:
             await writer.wait_for_work()
-        if quiet.cancelled_caught and not writer.write(KEEPALIVE_CHUNK):
-            subscriber.close()
+        if quiet.cancelled_caught:
+            subscriber.write(KEEPALIVE_CHUNK)
         if not await writer.flush():
             subscriber.close()
