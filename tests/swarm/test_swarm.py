@@ -27,7 +27,7 @@ import trio
 import yaml
 
 from ..integration.redis_server import free_port
-from ..integration.support import wait_until
+from ..integration.support import TIMEOUT, wait_until
 from ..system.clients import EventSourceClient
 from .engine import Dockerd, HostState, run, standin_rootfs
 
@@ -220,6 +220,18 @@ def swarm() -> Iterator[Swarm]:
         assert host.differences() == [], "the host's network was not restored"
 
 
+def _missing(clients: list[EventSourceClient], wanted: set[str]) -> str:
+    """Which accepted messages each client still lacks, and how its connections went."""
+    lines = []
+    for client in clients:
+        missing = sorted(wanted - {message["id"] for message in client.messages})
+        lines.append(
+            f"{client.name}: missing {len(missing)} {missing[:5]}; streams {client.streams},"
+            f" endings {dict(client.endings)}, now on {client.replica}"
+        )
+    return "clients did not get every accepted message:\n" + "\n".join(lines)
+
+
 async def test_chat_survives_a_rolling_update_and_a_killed_task(swarm: Swarm) -> None:
     clients = [EventSourceClient(f"c{n}", swarm.url) for n in range(4)]
     accepted: list[dict[str, Any]] = []
@@ -230,6 +242,9 @@ async def test_chat_survives_a_rolling_update_and_a_killed_task(swarm: Swarm) ->
     ):
         for client in clients:
             nursery.start_soon(client.run)
+        with trio.fail_after(TIMEOUT):  # a fresh client gets what is posted after it joined
+            for client in clients:
+                await client.connected.wait()
 
         async def post_until(count: int) -> None:
             while len(accepted) < count:
@@ -271,7 +286,10 @@ async def test_chat_survives_a_rolling_update_and_a_killed_task(swarm: Swarm) ->
             wanted = {message["id"] for message in accepted}
             # A client whose replica was killed hears nothing more from it (its network
             # namespace is gone, no reset arrives): it reconnects after its read timeout.
-            await wait_until(lambda: all(c.has_all(wanted) for c in clients), seconds=60)
+            try:
+                await wait_until(lambda: all(c.has_all(wanted) for c in clients), seconds=60)
+            except trio.TooSlowError:
+                raise AssertionError(_missing(clients, wanted)) from None
         nursery.cancel_scope.cancel()
 
     accepted_ids = {message["id"] for message in accepted}
