@@ -1,18 +1,8 @@
-"""Readings from /proc: a process's CPU time and RSS, and how busy the machine is."""
+"""Readings from /proc: a process's RSS, and how busy the machine is."""
 
 from __future__ import annotations
 
-import os
 import time
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time that `pid` has used so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def rss_kib(pid: int) -> int:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,14 +65,14 @@ def ensure_venv() -> None:
 
 
 def raise_fd_limit() -> None:
-    """Servers inherit this process's limit; thousands of streams need more than 1024."""
+    """Servers and the load generator inherit this limit; thousands of streams need over 1024."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def loadgen(scenario: Scenario, urls: list[str], pids: list[int], room: str) -> dict[str, Any]:
     """Run the load generator on its own CPU; its JSON result."""
-    command = ["taskset", "-c", LOADGEN_CPU, sys.executable, str(BENCH / "loadgen.py")]
+    command = ["taskset", "-c", LOADGEN_CPU, "node", str(BENCH / "loadgen.mjs")]
     command += ["--room", room, "--subscribers", str(scenario.subscribers)]
     command += ["--messages", str(scenario.messages), "--rate", str(scenario.rate)]
     for url in urls:
@@ -165,6 +166,9 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     args = parser.parse_args()
+    missing = [tool for tool in ("node", "taskset", "redis-server") if not shutil.which(tool)]
+    if missing:
+        raise SystemExit(f"bench/run.py needs {', '.join(missing)} on PATH (see bench/README.md)")
     ensure_venv()
     sys.path.insert(0, str(BENCH))
     import report
