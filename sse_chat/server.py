@@ -23,6 +23,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 from .app import ChatApp, create_app
 from .config import Settings
 from .direct import connection_socket
+from .memory import release_free_memory_forever
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ async def _serve_connections(
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
+        lifespan_nursery.start_soon(release_free_memory_forever)
         async with trio.open_nursery() as connections:
             async with listener, trio.open_nursery() as accepting:
                 accepting.start_soon(
