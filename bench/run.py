@@ -161,8 +161,10 @@ def main() -> None:
     parser.add_argument("--servers", default="sse-chat,peer", help="comma-separated")
     parser.add_argument(
         "--profile",
-        action="store_true",
-        help="afterwards, py-spy sse-chat through one extra run of (b)",
+        nargs="?",
+        const="b",
+        choices=["a", "b", "d"],
+        help="afterwards, py-spy sse-chat through one extra run of this scenario (default b)",
     )
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     args = parser.parse_args()
@@ -196,10 +198,10 @@ def main() -> None:
                     run["repeat"] = repeat
                     runs.append(run)
         if args.profile:
-            raw = args.out / f"profile-b-{stamp}.txt"
-            print("profiling sse-chat through (b)", file=sys.stderr, flush=True)
-            run_one(SCENARIOS["b"], "sse-chat", redis_port, logs, serial + 1, raw)
-            summary_path = args.out / f"profile-b-{stamp}-top.txt"
+            raw = args.out / f"profile-{args.profile}-{stamp}.txt"
+            print(f"profiling sse-chat through ({args.profile})", file=sys.stderr, flush=True)
+            run_one(SCENARIOS[args.profile], "sse-chat", redis_port, logs, serial + 1, raw)
+            summary_path = args.out / f"profile-{args.profile}-{stamp}-top.txt"
             summary_path.write_text(top_functions(raw) + "\n")
             print(f"profile: {summary_path}", file=sys.stderr)
     summary = report.summarise(runs)
