@@ -16,28 +16,21 @@ import trio
 TRIM_INTERVAL = 60.0  # seconds; one trim of a fragmented ~20 MiB heap takes well under 10 ms
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return trim
-
-
-_TRIM = _malloc_trim()
+try:
+    _malloc_trim: Callable[[int], int] | None = ctypes.CDLL(None).malloc_trim
+except AttributeError:  # not glibc
+    _malloc_trim = None
 
 
 def release_free_memory() -> bool:
     """Return the heap's free pages to the system; False if this C library cannot."""
-    if _TRIM is None:
+    if _malloc_trim is None:
         return False
-    _TRIM(0)
+    _malloc_trim(0)
     return True
 
 
 async def release_free_memory_forever(interval: float = TRIM_INTERVAL) -> None:
-    """`release_free_memory` every `interval` seconds, until cancelled."""
-    if release_free_memory():
-        while True:
-            await trio.sleep(interval)
-            release_free_memory()
+    """`release_free_memory` every `interval` seconds (if it can), until cancelled."""
+    while release_free_memory():  # noqa: ASYNC110 - a timer, not a wait for some state
+        await trio.sleep(interval)

@@ -21,4 +21,4 @@ def test_free_pages_stranded_between_live_blocks_are_returned() -> None:
     before = _rss_mib()
     assert release_free_memory()
     assert before - _rss_mib() > 32, "the free pages between live blocks stayed resident"
-    assert len(survivors) == 256
+    del survivors  # alive until here
