@@ -180,6 +180,21 @@ class Hub:
             if not subscribers:
                 del self._rooms[room]
 
+    def add(self, subscriber: Subscriber) -> None:
+        """Put a subscriber in its room's set (closed at once if the hub is closed)."""
+        if self.closed:
+            subscriber.close()
+        self._rooms.setdefault(subscriber.room, set()).add(subscriber)
+
+    def remove(self, subscriber: Subscriber) -> bool:
+        """Take a subscriber out of its room; True when the room has no local subscriber left."""
+        subscribers = self._rooms.get(subscriber.room)
+        if subscribers is not None:
+            subscribers.discard(subscriber)
+            if not subscribers:
+                del self._rooms[subscriber.room]
+        return subscriber.room not in self._rooms
+
     def publish(self, message: Message) -> None:
         """Hand a message to every subscriber of its room, without waiting."""
         self._fan_out(message.room, [message])
