@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import trio
 
-from ..hub import Hub, Subscriber
+from ..hub import Hub
 from ..ids import ZERO_ID, MessageId
 from ..messages import Draft, Message
 from ..presence import LocalPresence, Presence
@@ -91,10 +90,18 @@ class MemoryBackplane:
         gap = log.trimmed_id is not None and after < log.trimmed_id
         return Replay(newer, gap=gap, oldest=oldest)
 
-    @asynccontextmanager
-    async def subscribe(self, room: str) -> AsyncIterator[Subscriber]:
-        with self._hub.subscribe(room) as subscriber:
-            yield subscriber
+    async def follow(self, room: str) -> None:
+        pass  # every message of this process reaches the hub already
+
+    def unfollow(self, room: str) -> None:
+        pass
+
+    async def wait_connected(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def last_forwarded(self, room: str) -> MessageId | None:
+        log = self._rooms.get(room)
+        return log.last_id if log is not None else None
 
     async def count_hit(self, key: str, ttl_seconds: int) -> int:
         now = self._clock()
@@ -106,15 +113,13 @@ class MemoryBackplane:
         self._counters[key] = (count + 1, expires)
         return count + 1
 
-    @contextmanager
-    def present(self, room: str, user: str) -> Iterator[None]:
+    def mark_present(self, room: str, user: str) -> None:
         if self._present.join(room, user):
             self._hub.publish_presence(self._view(room, joined=user))
-        try:
-            yield
-        finally:
-            if self._present.leave(room, user):
-                self._hub.publish_presence(self._view(room, left=user))
+
+    def mark_absent(self, room: str, user: str) -> None:
+        if self._present.leave(room, user):
+            self._hub.publish_presence(self._view(room, left=user))
 
     async def presence(self, room: str) -> Presence:
         return self._view(room)
