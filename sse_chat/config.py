@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -28,7 +29,8 @@ class Settings:
     keepalive_seconds: float = 15.0
     retry_ms: int = 3000
     drain_retry_ms: int = 250
-    client_buffer: int = 256
+    # Bytes queued for one stream that its client has not read yet; beyond it the client is cut.
+    client_buffer_bytes: int = 256 * 1024
     max_user_length: int = 40
     max_text_length: int = 4000
     max_body_bytes: int = 16 * 1024
@@ -43,7 +45,10 @@ class Settings:
     presence_ttl_seconds: float = 20.0
     post_rate_limit: int = 30  # POSTs per client per window; 0 turns the limit off
     post_rate_window_seconds: int = 10
-    max_streams: int = 20_000  # open streams on one replica
+    # Open streams on one replica: by default the open-file limit less 1,000 for everything else,
+    # so the cap answers before `accept` fails with EMFILE.
+    max_streams: int = field(default_factory=lambda: default_max_streams())
+    listen_backlog: int = 4096  # the kernel caps it at net.core.somaxconn
     max_streams_per_client: int = 50  # open streams of one client address on one replica
     post_token: str = ""  # set: POSTs need `Authorization: Bearer <this>`
     signing_key_file: str = ""  # set: POSTs may use per-user tokens signed with this key
@@ -57,7 +62,8 @@ class Settings:
         _check(self.replica_id.isprintable(), "replica_id", "must be printable")
         for name in (
             "history_size",
-            "client_buffer",
+            "client_buffer_bytes",
+            "listen_backlog",
             "max_user_length",
             "max_text_length",
             "max_body_bytes",
@@ -144,6 +150,23 @@ class Settings:
                     f"{ENV_PREFIX}{name.upper()}: {value!r} is not a valid {types[name]}"
                 ) from None
         return replace(self, **changes)
+
+
+def open_file_limit() -> int:
+    """This process's open-file limit, raised to the hard limit first (as nginx does)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1_000_000
+
+
+def default_max_streams() -> int:
+    """The default stream cap: the open-file limit less 1,000 (at least 100)."""
+    return max(100, open_file_limit() - 1000)
 
 
 def _boolean(text: str) -> bool:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .gcpauses import GC_PAUSES
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -39,6 +41,12 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=registry,
         )
+        self.streams_refused = Counter(
+            "sse_chat_streams_refused",
+            "Stream requests answered with `event: unavailable` and a retry (cap, draining)",
+            ["reason"],
+            registry=registry,
+        )
         self.http_requests = Counter(
             "sse_chat_http_requests",
             "HTTP requests by route and status",
@@ -53,6 +61,18 @@ class Metrics:
             "Times the backplane connection was lost after being up",
             registry=registry,
         )
+
+        GC_PAUSES.install()
+        Gauge(
+            "sse_chat_gc_pause_seconds_max",
+            "Longest pause of the cyclic garbage collector since the process started",
+            registry=registry,
+        ).set_function(lambda: GC_PAUSES.longest)
+        Gauge(
+            "sse_chat_gc_collections",
+            "Collections of the cyclic garbage collector since the process started",
+            registry=registry,
+        ).set_function(lambda: GC_PAUSES.count)
 
     def watch_backplane(self, connected: Callable[[], bool], reconnects: Callable[[], int]) -> None:
         """Read the backplane's state at each scrape."""

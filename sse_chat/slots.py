@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 
 class StreamSlots:
-    """Counts open streams; says whether one more may open."""
+    """Counts open streams; a slot is checked and taken in one step (`take`)."""
 
     def __init__(self, per_replica: int, per_client: int) -> None:
         self.per_replica = per_replica
@@ -16,23 +14,26 @@ class StreamSlots:
         self._open: Counter[str] = Counter()
         self._total = 0
 
-    def replica_full(self) -> bool:
-        """True when this replica holds as many streams as it may."""
-        return self._total >= self.per_replica
-
-    def client_full(self, client: str) -> bool:
-        """True when this client holds as many streams here as it may."""
-        return self._open[client] >= self.per_client
-
-    @contextmanager
-    def hold(self, client: str) -> Iterator[None]:
-        """Count one stream of `client` for the duration of the block."""
+    def take(self, client: str) -> str | None:
+        """Count one more stream of `client`; or, at a cap, take nothing and say which
+        (`replica_full` or `client_full`). Never waits, so requests arriving together cannot
+        all pass the check before any of them counts."""
+        if self._total >= self.per_replica:
+            return "replica_full"
+        if self._open[client] >= self.per_client:
+            return "client_full"
         self._open[client] += 1
         self._total += 1
-        try:
-            yield
-        finally:
-            self._total -= 1
-            self._open[client] -= 1
-            if not self._open[client]:
-                del self._open[client]
+        return None
+
+    def give_back(self, client: str) -> None:
+        """Release a slot that `take` gave `client`."""
+        self._total -= 1
+        self._open[client] -= 1
+        if not self._open[client]:
+            del self._open[client]
+
+    @property
+    def total(self) -> int:
+        """Slots held now."""
+        return self._total

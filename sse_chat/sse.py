@@ -33,10 +33,23 @@ def event_frame(event: str, data: object) -> bytes:
     return f"event: {event}\ndata: {payload}\n\n".encode()
 
 
-def opening_frame(retry_ms: int, replica: str, room: str) -> bytes:
-    """What every stream starts with: the reconnection delay and the `ready` event."""
-    ready = event_frame("ready", {"replica": replica, "room": room})
+def opening_frame(retry_ms: int, replica: str, room: str, *, live: bool = True) -> bytes:
+    """What every stream starts with: the reconnection delay and the `ready` event.
+
+    `live` is false while the backplane is unreachable: the stream then waits, and replays
+    what the client missed once it is back.
+    """
+    ready = event_frame("ready", {"replica": replica, "room": room, "live": live})
     return f"retry: {retry_ms}\n".encode() + ready
+
+
+def unavailable_frame(code: str, message: str, retry_ms: int) -> bytes:
+    """Ends a stream for a passing reason (replica full, draining): come back after `retry_ms`.
+
+    A browser's EventSource gives up for good on any answer but `200 text/event-stream`, so
+    a transient refusal is this event on a 200 stream, never a 503.
+    """
+    return retry_frame(retry_ms) + event_frame("unavailable", {"error": code, "message": message})
 
 
 def gap_frame(requested: MessageId, oldest: MessageId | None) -> bytes:
