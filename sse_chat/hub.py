@@ -32,43 +32,40 @@ class SubscriptionEnded(Exception):
 
 
 class Subscriber:
-    """One client's view of a room: messages wait here until its stream takes them."""
+    """One client's view of a room: messages wait here until its stream takes them.
 
-    __slots__ = (
-        "_after",
-        "_capacity",
-        "_lot",
-        "_pending",
-        "_presence",
-        "_writer",
-        "closed",
-        "oldest_queued_at",
-        "overflowed",
-        "room",
-    )
+    Lean on purpose (a replica holds thousands, mostly idle): the queue and the parking lot
+    are made only for a stream whose task waits on them.
+    """
 
-    def __init__(self, room: str, capacity: int) -> None:
+    __slots__ = ("_lot", "_pending", "_pending_bytes", "_presence", "_writer", "after",
+                 "closed", "limit", "oldest_queued_at", "overflowed", "room")  # fmt: skip
+
+    def __init__(self, room: str, limit: int) -> None:
         self.room = room
+        self.limit = limit  # bytes queued before the subscriber is cut off
         self.closed = False
         self.overflowed = False
-        self._capacity = capacity
-        self._pending: deque[Message] = deque()
+        self._pending: deque[Message] | None = None
+        self._pending_bytes = 0
         self._presence: Presence | None = None  # only the latest view matters
         self.oldest_queued_at = 0.0  # trio clock: when the oldest waiting message arrived
-        self._lot = trio.lowlevel.ParkingLot()
+        self._lot: trio.lowlevel.ParkingLot | None = None
         self._writer: SocketWriter | None = None
-        self._after: MessageId | None = None  # skip live copies of replayed messages
+        # The newest id the client already has: live copies up to it are skipped.
+        self.after: MessageId | None = None
 
-    def attach(self, writer: SocketWriter, after: MessageId | None) -> None:
-        """Write to `writer` from now on: what is queued first, then each message pushed.
+    @property
+    def writer(self) -> SocketWriter | None:
+        """The socket writer this subscriber writes to, once attached."""
+        return self._writer
 
-        `after` is the newest id the client already has; older live copies are skipped.
-        """
+    def attach(self, writer: SocketWriter) -> None:
+        """Write to `writer` from now on: what is queued first, then each message pushed."""
         if self.closed:
             return
-        self._writer, self._after = writer, after
-        queued = list(self._pending)
-        self._pending.clear()
+        self._writer = writer
+        queued, self._pending, self._pending_bytes = self._pending or (), None, 0
         for message in queued:
             self.push(message)
         presence = self.take_presence()
@@ -92,21 +89,26 @@ class Subscriber:
         """
         if self.closed:
             return False
+        after = self.after
+        if after is not None:
+            if message.id <= after:
+                return False
+            if self._writer is not None:
+                self.after = None  # ids only grow from here
         if self._writer is not None:
-            after = self._after
-            if after is not None:
-                if message.id <= after:
-                    return False
-                self._after = None
             return self.write(message_chunk(message))
-        if len(self._pending) >= self._capacity:
+        size = len(message.json) + 64  # about its frame's size
+        if self._pending_bytes + size > self.limit:
             self.overflowed = True
             self.close()
             return False
+        if self._pending is None:
+            self._pending = deque()
         if not self._pending:
             self.oldest_queued_at = trio.current_time()
         self._pending.append(message)
-        self._lot.unpark_all()
+        self._pending_bytes += size
+        self._wake()
         return False
 
     def push_many(self, messages: list[Message], data: bytes) -> int:
@@ -114,7 +116,7 @@ class Subscriber:
         chunk, which an attached subscriber writes at once. Returns how many were written."""
         if self.closed:
             return 0
-        if self._writer is not None and self._after is None:
+        if self._writer is not None and self.after is None:
             return len(messages) if self.write(data) else 0
         return sum(self.push(message) for message in messages)
 
@@ -129,7 +131,7 @@ class Subscriber:
             self.write(frame or chunk(sse.presence_frame(presence)))
             return
         self._presence = presence
-        self._lot.unpark_all()
+        self._wake()
 
     def take_presence(self) -> Presence | None:
         """The presence view waiting since the last call, if any."""
@@ -138,62 +140,80 @@ class Subscriber:
 
     def close(self) -> None:
         """End the subscription; a waiting `receive_batch` raises SubscriptionEnded."""
+        if self.closed:
+            return
         self.closed = True
-        self._pending.clear()
+        self._pending, self._pending_bytes = None, 0
         self._presence = None
-        self._lot.unpark_all()
+        self._wake()
         if self._writer is not None:
             self._writer.wake()
 
+    def _wake(self) -> None:
+        if self._lot is not None:
+            self._lot.unpark_all()
+
     async def receive_batch(self) -> list[Message]:
-        """Wait for messages (or a presence view) and take all messages waiting, oldest first."""
+        """Wait for messages (or a presence view) and take all messages waiting, oldest first.
+
+        Messages up to `after` are skipped (the client has them from its replay).
+        """
         while not self._pending and self._presence is None:
             if self.closed:
                 raise SubscriptionEnded(self.overflowed)
+            if self._lot is None:
+                self._lot = trio.lowlevel.ParkingLot()
             await self._lot.park()
-        batch = list(self._pending)
-        self._pending.clear()
+        batch = list(self._pending or ())
+        self._pending, self._pending_bytes = None, 0
+        after = self.after
+        if after is not None:
+            batch = [message for message in batch if message.id > after]
+        if batch:
+            self.after = batch[-1].id
         return batch
 
 
 class Hub:
     """room -> subscribers on this replica."""
 
-    def __init__(self, capacity: int, metrics: Metrics | None = None) -> None:
-        self._capacity = capacity
+    def __init__(self, limit: int, metrics: Metrics | None = None) -> None:
+        self._limit = limit
         self._rooms: dict[str, set[Subscriber]] = {}
         self._metrics = metrics or Metrics()
         self.closed = False
 
-    @contextmanager
-    def subscribe(self, room: str) -> Iterator[Subscriber]:
-        """Register a subscriber for the duration of the block."""
-        subscriber = Subscriber(room, self._capacity)
-        if self.closed:
-            subscriber.close()
-        self._rooms.setdefault(room, set()).add(subscriber)
-        try:
-            yield subscriber
-        finally:
-            subscribers = self._rooms[room]
-            subscribers.discard(subscriber)
-            if not subscribers:
-                del self._rooms[room]
+    def subscriber(self, room: str) -> Subscriber:
+        """A new subscriber of `room` with this hub's buffer limit (not yet added)."""
+        return Subscriber(room, self._limit)
 
     def add(self, subscriber: Subscriber) -> None:
-        """Put a subscriber in its room's set (closed at once if the hub is closed)."""
+        """Deliver the room's messages to `subscriber` until `remove` (closed at once if the
+        hub is closed)."""
         if self.closed:
             subscriber.close()
         self._rooms.setdefault(subscriber.room, set()).add(subscriber)
 
     def remove(self, subscriber: Subscriber) -> bool:
-        """Take a subscriber out of its room; True when the room has no local subscriber left."""
+        """Stop delivering to `subscriber`; True when its room has no subscriber left."""
         subscribers = self._rooms.get(subscriber.room)
-        if subscribers is not None:
-            subscribers.discard(subscriber)
-            if not subscribers:
-                del self._rooms[subscriber.room]
-        return subscriber.room not in self._rooms
+        if subscribers is None:
+            return False
+        subscribers.discard(subscriber)
+        if subscribers:
+            return False
+        del self._rooms[subscriber.room]
+        return True
+
+    @contextmanager
+    def subscribe(self, room: str) -> Iterator[Subscriber]:
+        """A subscriber of `room` for the duration of the block."""
+        subscriber = self.subscriber(room)
+        self.add(subscriber)
+        try:
+            yield subscriber
+        finally:
+            self.remove(subscriber)
 
     def publish(self, message: Message) -> None:
         """Hand a message to every subscriber of its room, without waiting."""
