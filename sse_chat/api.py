@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -14,24 +15,16 @@ from .auth import NotAuthorized, authorize
 from .backplane import BackplaneUnavailable
 from .direct import connection_socket
 from .errors import ApiError
-from .ids import MessageId
-from .messages import DEFAULT_ROOM, InvalidMessage, is_valid_room, parse_draft, parse_user
+from .messages import DEFAULT_ROOM, InvalidMessage, parse_draft
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .openapi import openapi_document
 from .ratelimit import Window, client_address
 from .replica import Replica
-from .stream import event_stream
+from .response_headers import SSE_HEADERS
+from .stream import admit, event_stream
+from .stream_request import read_stream_request, require_room
 
 RETRY_AFTER_SECONDS = "1"
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-    # When a stream ends (drain, slow client) the client reconnects on a new connection, which
-    # the load balancer may send to another replica; hypercorn would not serve a reused one
-    # once it is shutting down.
-    "Connection": "close",
-}
 
 
 def register_routes(app: Quart, replica: Replica) -> None:
@@ -40,7 +33,7 @@ def register_routes(app: Quart, replica: Replica) -> None:
     post_token, signing_key = settings.post_token, settings.signing_key
 
     async def post_message(room: str = DEFAULT_ROOM) -> tuple[dict[str, Any], int]:
-        _require_room(room)
+        require_room(room)
         try:
             bound_user = authorize(request.headers.get("Authorization"), post_token, signing_key)
         except NotAuthorized as refused:
@@ -91,7 +84,7 @@ def register_routes(app: Quart, replica: Replica) -> None:
             )
 
     async def list_messages(room: str) -> dict[str, Any]:
-        _require_room(room)
+        require_room(room)
         raw = request.args.get("limit", str(settings.default_history_limit))
         if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= settings.history_size:
             raise ApiError(
@@ -107,50 +100,30 @@ def register_routes(app: Quart, replica: Replica) -> None:
         return {"room": room, "messages": [message.to_dict() for message in messages]}
 
     async def stream_events(room: str = DEFAULT_ROOM) -> Response:
-        _require_room(room)
-        after = _last_event_id(request)
-        user = request.args.get("user")
-        if user is not None:
-            try:
-                user = parse_user(user, settings.limits)
-            except InvalidMessage as invalid:
-                raise ApiError(422, "invalid_user", str(invalid), field="user") from None
-        if replica.draining:
-            raise _unavailable("this replica is shutting down; reconnect to another")
-        if not replica.backplane.connected:
-            raise _unavailable("the backplane is not connected; try again shortly")
-        client = _client_address(request)
-        slots = replica.stream_slots
-        if slots.replica_full():
-            raise _unavailable("this replica holds all the streams it can; try another")
-        if slots.client_full(client):
-            raise ApiError(
-                429,
-                "too_many_streams",
-                f"at most {slots.per_client} open streams per client",
-                headers={"Retry-After": "5"},
-            )
-        body = event_stream(
-            replica.backplane,
+        args = {key: request.args[key] for key in request.args}
+        stream_request = read_stream_request(
+            settings,
             room,
-            after,
-            user=user,
-            replica=settings.replica_id,
-            retry_ms=settings.retry_ms,
-            drain_retry_ms=settings.drain_retry_ms,
-            metrics=replica.metrics,
-            hold=slots.hold(client),
-            keepalive_seconds=settings.keepalive_seconds,
-            # HTTP/1.1 streams are written straight to their socket (chunked), bypassing h11.
-            socket=connection_socket.get() if request.http_version == "1.1" else None,
-            capacity=settings.client_buffer,
+            args,
+            last_event_id=request.headers.get("Last-Event-ID"),
+            forwarded_for=request.headers.get("X-Forwarded-For"),
+            remote_addr=request.remote_addr or "",
         )
+        if request.method == "HEAD":  # the stream's headers only: no slot, no presence
+            return Response(b"", status=200, headers=SSE_HEADERS)
+        admitted = admit(replica, stream_request)
+        if isinstance(admitted, bytes):
+            body: AsyncIterator[bytes] | bytes = admitted
+        else:
+            # HTTP/1.1 streams are written straight to their socket (chunked), bypassing h11.
+            socket = connection_socket.get() if request.http_version == "1.1" else None
+            body = event_stream(admitted, socket)
         response = Response(body, status=200, headers=SSE_HEADERS)
         response.timeout = None  # a stream lives as long as its client: no response timeout
         return response
 
     async def presence(room: str) -> dict[str, Any]:
-        _require_room(room)
+        require_room(room)
         try:
             return (await replica.backplane.presence(room)).to_dict()
         except BackplaneUnavailable as down:
@@ -186,27 +159,8 @@ def register_routes(app: Quart, replica: Replica) -> None:
     app.add_url_rule("/readyz", view_func=readyz, methods=["GET"])
 
 
-def _require_room(room: str) -> None:
-    if not is_valid_room(room):
-        raise ApiError(
-            404,
-            "invalid_room",
-            "room names are 1-64 letters, digits, '_' or '-', starting with a letter or digit",
-        )
-
-
 def _unavailable(message: str) -> ApiError:
     return ApiError(503, "unavailable", message, headers={"Retry-After": RETRY_AFTER_SECONDS})
-
-
-def _last_event_id(request: Request) -> MessageId | None:
-    raw = request.headers.get("Last-Event-ID") or request.args.get("lastEventId") or ""
-    if not raw.strip():
-        return None
-    try:
-        return MessageId.parse(raw)
-    except ValueError as bad:
-        raise ApiError(400, "invalid_last_event_id", str(bad)) from None
 
 
 async def _read_fields(request: Request, body_seconds: float) -> dict[str, object]:

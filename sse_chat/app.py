@@ -21,6 +21,7 @@ from .api import register_routes
 from .config import Settings
 from .errors import HTTP_ERROR_CODES, ApiError
 from .replica import Replica
+from .response_headers import SECURITY_HEADERS, cors_headers
 
 
 def static_dir() -> Path:
@@ -30,16 +31,7 @@ def static_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "static"
 
 
-# On every response: the page may run only its own scripts and styles, and nothing sniffs types.
-SECURITY_HEADERS = [
-    (
-        b"content-security-policy",
-        b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        b"connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-    ),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-]
+_SECURITY_HEADERS = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS]
 
 
 class ChatApp(QuartTrio):
@@ -54,7 +46,7 @@ class ChatApp(QuartTrio):
             await super().asgi_app(scope, receive, send)
             return
         extra_headers = [(b"x-replica", self.replica.settings.replica_id.encode())]
-        extra_headers += SECURITY_HEADERS
+        extra_headers += _SECURITY_HEADERS
 
         headers = dict(scope.get("headers", ()))
         has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
@@ -123,21 +115,12 @@ def create_app(settings: Settings | None = None) -> ChatApp:
     async def stop_backplane() -> None:
         backplane_scope.cancel()
 
-    cors_origins = settings.cors_origin_set
-
     @app.after_request
     async def allow_listed_origins(response: Response) -> Response:
-        origin = request.headers.get("Origin")
         response.vary.add("Origin")
-        if origin is None or origin not in cors_origins:
-            return response
-        response.headers["Access-Control-Allow-Origin"] = origin
-        if settings.cors_allow_credentials:
-            response.headers["Access-Control-Allow-Credentials"] = "true"
-        if request.method == "OPTIONS":  # a preflight
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
-            response.headers["Access-Control-Allow-Headers"] = "Content-Type, Last-Event-ID"
-            response.headers["Access-Control-Max-Age"] = "600"
+        preflight = request.method == "OPTIONS"
+        for name, value in cors_headers(settings, request.headers.get("Origin"), preflight):
+            response.headers[name] = value
         return response
 
     @app.after_request

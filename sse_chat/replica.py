@@ -6,6 +6,7 @@ from .backplane import Backplane, MemoryBackplane
 from .backplane.redis import RedisBackplane, parse_redis_url
 from .config import ConfigError, Settings
 from .hub import Hub
+from .keeper import StreamKeeper
 from .metrics import Metrics
 from .slots import StreamSlots
 
@@ -16,7 +17,8 @@ class Replica:
     def __init__(self, settings: Settings, backplane: Backplane | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.hub = Hub(settings.client_buffer, self.metrics)
+        self.hub = Hub(settings.client_buffer_bytes, self.metrics)
+        self.keeper = StreamKeeper(settings.keepalive_seconds, settings.retry_ms)
         self.backplane: Backplane = backplane or self._default_backplane()
         self.draining = False
         self.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
@@ -49,3 +51,4 @@ class Replica:
         """Stop taking streams and end the open ones; their clients resume elsewhere."""
         self.draining = True
         self.hub.close()
+        self.keeper.stop()

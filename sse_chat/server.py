@@ -6,11 +6,12 @@ connection's task knows its socket: a stream then writes its frames there direct
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from functools import partial
+from pathlib import Path
 
 import trio
 from hypercorn.config import Config
@@ -23,7 +24,9 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 from .app import ChatApp, create_app
 from .config import Settings
 from .direct import connection_socket
+from .intake import NOT_A_STREAM, PrefixedStream, read_first_request, serve_stream
 from .memory import release_free_memory_forever
+from .replica import Replica
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +52,19 @@ def listening_socket(settings: Settings) -> socket.socket:
     return sock
 
 
+def somaxconn() -> int | None:
+    """The kernel's cap on listen backlogs, if it can be read."""
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def hypercorn_config(settings: Settings) -> Config:
     """hypercorn's settings for one replica."""
     config = Config()
+    cap = somaxconn()
+    config.backlog = min(settings.listen_backlog, cap) if cap else settings.listen_backlog
     config.graceful_timeout = settings.graceful_timeout_seconds
     config.include_server_header = False
     config.accesslog = None
@@ -67,37 +80,80 @@ async def wait_for_stop_signal() -> None:
             return
 
 
+# accept() errors that mean "out of file descriptors or memory right now": wait, don't crash.
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+ACCEPT_CAPACITY_PAUSE = 0.1  # seconds
+
+
+async def _accept_forever(
+    listener: trio.socket.SocketType,
+    nursery: trio.Nursery,
+    handle: Callable[[trio.socket.SocketType], Awaitable[None]],
+) -> None:
+    """Start `handle` on each accepted connection, in `nursery`. Each accept is a checkpoint,
+    so a storm of connections cannot starve the replica's other tasks."""
+    while True:
+        try:
+            sock, _ = await listener.accept()
+        except OSError as error:
+            if error.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                raise
+            log.error("accept failed (%s); pausing %.1f s", error, ACCEPT_CAPACITY_PAUSE)
+            await trio.sleep(ACCEPT_CAPACITY_PAUSE)
+            continue
+        nursery.start_soon(handle, sock)
+
+
 async def _serve_connections(
     app: AppWrapper,
+    replica: Replica,
     config: Config,
     sock: socket.socket,
     stop: Callable[[], Awaitable[None]],
     task_status: trio.TaskStatus[str],
 ) -> None:
-    """Accept on `sock` and run hypercorn's HTTP handling on each connection until `stop`
-    returns; then give open connections `config.graceful_timeout` to finish."""
+    """Accept on `sock` until `stop` returns; then give open connections
+    `config.graceful_timeout` to finish. A connection's first request is a stream served by
+    the intake, or goes to hypercorn's HTTP handling."""
     state: LifespanState = {}
     lifespan = Lifespan(app, config, state)
     context = WorkerContext(config.max_requests)
     sock.listen(config.backlog)
-    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    listener = trio.socket.from_stdlib_socket(sock)
 
-    async def handle(stream: trio.SocketStream) -> None:
-        connection_socket.set(stream.socket)  # the app's tasks for this connection inherit it
-        await TCPServer(app, config, context, ConnectionState(state.copy()), stream)  # type: ignore[arg-type]
+    async def handle(client: trio.socket.SocketType) -> None:
+        try:
+            data, head_length = await read_first_request(client, config.keep_alive_timeout)
+            if not data:
+                client.close()
+                return
+            if head_length != NOT_A_STREAM and await serve_stream(
+                replica, client, data, head_length
+            ):
+                return
+        except BaseException:
+            client.close()
+            raise
+        connection_socket.set(client)  # the app's tasks for this connection inherit it
+        stream = PrefixedStream(trio.SocketStream(client), data)
+        try:
+            await TCPServer(app, config, context, ConnectionState(state.copy()), stream)  # type: ignore[arg-type]
+        finally:
+            await trio.aclose_forcefully(stream)
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         lifespan_nursery.start_soon(release_free_memory_forever)
         async with trio.open_nursery() as connections:
-            async with listener, trio.open_nursery() as accepting:
-                accepting.start_soon(
-                    partial(trio.serve_listeners, handle, [listener], handler_nursery=connections)
-                )
-                task_status.started(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
-                await stop()
-                accepting.cancel_scope.cancel()
+            await connections.start(replica.keeper.run)
+            with listener:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(_accept_forever, listener, connections, handle)
+                    url = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
+                    task_status.started(url)
+                    await stop()
+                    accepting.cancel_scope.cancel()
             await context.terminated.set()  # idle keep-alive connections close now
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
@@ -126,6 +182,7 @@ async def serve(
         url: str = await nursery.start(
             _serve_connections,
             wrap_app(app, config.wsgi_max_body_size, "asgi"),
+            app.replica,
             config,
             listening_socket(settings),
             drain_then_stop,

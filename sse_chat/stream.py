@@ -1,117 +1,207 @@
-"""A client's event stream: subscribe, replay what it missed, then follow live, once each."""
+"""A client's event stream: admit it, replay what it missed, then follow live, once each.
+
+Both ways of serving a stream go through here: `admit` (caps and draining, as one step),
+`opening` (the first frames, waiting for the backplane if it is away) and `OpenStream.release`.
+The Quart route runs `event_stream`; the connection intake hands an opened stream to the
+replica's keeper, which holds it without a task of its own (`keeper`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import random
 from collections.abc import AsyncIterator
-from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING
 
 import trio
 
 from . import sse
-from .backplane import Backplane, BackplaneUnavailable
-from .direct import KEEPALIVE_CHUNK, SocketWriter, chunk
+from .backplane import BackplaneUnavailable
+from .direct import KEEPALIVE_CHUNK, SocketWriter, TaskWatcher, chunk
 from .hub import Subscriber, SubscriptionEnded
-from .ids import MessageId
-from .metrics import Metrics
+from .stream_request import StreamRequest
+
+if TYPE_CHECKING:
+    from .replica import Replica
+
+MIN_REFUSAL_RETRY_MS = 1000  # a refused client waits at least this long before it comes back
 
 
-def _present(backplane: Backplane, room: str, user: str | None) -> AbstractContextManager[None]:
-    return backplane.present(room, user) if user else nullcontext()
+def jittered(retry_ms: int) -> int:
+    """A reconnection delay drawn uniformly from [retry_ms, 4 x retry_ms], so that clients
+    sent away together do not all come back in the same instant."""
+    return random.randint(retry_ms, 4 * retry_ms)
+
+
+def drain_frame(replica: Replica) -> bytes:
+    """What a draining replica sends before it ends a stream: come back soon, elsewhere."""
+    return sse.unavailable_frame(
+        "draining",
+        "this replica is shutting down; reconnect to another",
+        jittered(replica.settings.drain_retry_ms),
+    )
+
+
+class OpenStream:
+    """An admitted stream: its slot, its subscriber and its presence, released once."""
+
+    __slots__ = ("replica", "request", "subscriber", "writer")
+
+    def __init__(self, replica: Replica, request: StreamRequest) -> None:
+        self.replica = replica
+        self.request = request
+        self.subscriber = subscriber = replica.hub.subscriber(request.room)
+        self.writer: SocketWriter | None = None  # set once frames go straight to the socket
+        replica.hub.add(subscriber)
+        if request.user:
+            replica.backplane.mark_present(request.room, request.user)
+        replica.metrics.streams_open.inc()
+
+    def release(self) -> None:
+        """Give back the slot, the subscription and the presence (at most once)."""
+        subscriber = self.subscriber
+        if subscriber.room == "":
+            return
+        replica, request = self.replica, self.request
+        subscriber.close()
+        if replica.hub.remove(subscriber):
+            replica.backplane.unfollow(request.room)
+        if request.user:
+            replica.backplane.mark_absent(request.room, request.user)
+        replica.stream_slots.give_back(request.client)
+        replica.metrics.streams_open.dec()
+        subscriber.room = ""  # released
+
+
+def admit(replica: Replica, request: StreamRequest) -> OpenStream | bytes:
+    """Take a slot for the stream, or say why not as the frames of a 200 stream that ends:
+    an `unavailable` event and a jittered `retry:` (an EventSource stops for good on a 503)."""
+    if replica.draining:
+        replica.metrics.streams_refused.labels("draining").inc()
+        return drain_frame(replica)
+    refused = replica.stream_slots.take(request.client)
+    if refused is None:
+        return OpenStream(replica, request)
+    replica.metrics.streams_refused.labels(refused).inc()
+    slots = replica.stream_slots
+    message = (
+        f"this replica holds all the {slots.per_replica} streams it can; try again"
+        if refused == "replica_full"
+        else f"at most {slots.per_client} open streams per client; try again later"
+    )
+    return sse.unavailable_frame(refused, message, jittered(MIN_REFUSAL_RETRY_MS))
+
+
+async def _catch_up(stream: OpenStream) -> bytes:
+    """Presence and what the client missed since its Last-Event-ID; sets what it has."""
+    backplane, subscriber = stream.replica.backplane, stream.subscriber
+    room, after = stream.request.room, stream.request.after
+    subscriber.take_presence()  # the snapshot below is newer
+    frames = [sse.presence_frame(await backplane.presence(room))]
+    if after is not None:
+        replay = await backplane.since(room, after)
+        if replay.gap:
+            frames.append(sse.gap_frame(after, replay.oldest))
+        frames += [sse.message_frame(message) for message in replay.messages]
+        subscriber.after = replay.messages[-1].id if replay.messages else after
+        stream.replica.metrics.messages_delivered.inc(len(replay.messages))
+    return b"".join(frames)
+
+
+async def opening(stream: OpenStream) -> AsyncIterator[bytes]:
+    """The stream's frames until it is live: `retry:` and `ready`, presence, the replay.
+
+    The subscriber joined the hub already, so a message stored meanwhile is both replayed and
+    queued live; `subscriber.after` makes the second copy be skipped. While the backplane is
+    away the stream says `"live": false` and waits with keepalives; a client resuming from an
+    id then gets its replay when the backplane is back, and a fresh one the messages this
+    replica forwards from then on (its backplane backfills what it missed itself).
+    """
+    replica = stream.replica
+    backplane, settings, room = replica.backplane, replica.settings, stream.request.room
+    await backplane.follow(room)
+    first = True
+    while not stream.subscriber.closed:
+        caught_up = None
+        if backplane.connected:
+            with contextlib.suppress(BackplaneUnavailable):
+                caught_up = await _catch_up(stream)
+        ready = b""
+        if first:
+            live = caught_up is not None
+            ready = sse.opening_frame(settings.retry_ms, settings.replica_id, room, live=live)
+            first = False
+        if caught_up is not None:
+            yield ready + caught_up
+            return
+        yield ready or sse.KEEPALIVE_FRAME
+        if stream.request.after is None:
+            return
+        with trio.move_on_after(settings.keepalive_seconds):
+            await backplane.wait_connected()
 
 
 async def event_stream(
-    backplane: Backplane,
-    room: str,
-    after: MessageId | None,
-    *,
-    user: str | None = None,
-    replica: str,
-    retry_ms: int,
-    keepalive_seconds: float,
-    drain_retry_ms: int = 250,
-    metrics: Metrics | None = None,
-    hold: AbstractContextManager[None] | None = None,
-    socket: trio.socket.SocketType | None = None,
-    capacity: int = 256,
+    stream: OpenStream, socket: trio.socket.SocketType | None
 ) -> AsyncIterator[bytes]:
-    """The bytes of one SSE response, until the subscription ends.
+    """The bytes of one SSE response served by its own task, until the stream ends.
 
-    With the client's `socket` (an HTTP/1.1 connection), only the first frames go through the
-    server; after them the stream is written straight to the socket (see `direct`), and the
+    With the client's `socket` (an HTTP/1.1 connection), only the opening goes through the
+    server; after it the stream is written straight to the socket (see `direct`), and the
     generator returns when the stream ends. Without it every frame is yielded.
     """
-    # Subscribe before reading history: a message stored meanwhile is then both replayed and
-    # queued live, and the id check below drops the second copy. The other order loses it.
-    # If the backplane fails, the stream just ends: the client reconnects and resumes.
-    metrics = metrics or Metrics()
-    hold = hold or nullcontext()
+    replica, subscriber = stream.replica, stream.subscriber
+    metrics, settings = replica.metrics, replica.settings
     try:
-        async with backplane.subscribe(room) as subscriber:
-            with hold, _present(backplane, room, user), metrics.streams_open.track_inprogress():
-                subscriber.take_presence()  # the snapshot below is newer
-                snapshot = await backplane.presence(room)
-                frames = [sse.opening_frame(retry_ms, replica, room), sse.presence_frame(snapshot)]
-                last = after
-                if after is not None:
-                    replay = await backplane.since(room, after)
-                    if replay.gap:
-                        frames.append(sse.gap_frame(after, replay.oldest))
-                    frames += [sse.message_frame(message) for message in replay.messages]
-                    if replay.messages:
-                        last = replay.messages[-1].id
-                    metrics.messages_delivered.inc(len(replay.messages))
-                yield b"".join(frames)  # this sends the headers too
-                if socket is not None:
-                    writer = SocketWriter(socket, capacity)
-                    subscriber.attach(writer, last)
-                    await _follow_directly(subscriber, writer, keepalive_seconds)
-                    if subscriber.overflowed:
+        async for frames in opening(stream):
+            yield frames  # the first one sends the headers too
+        if socket is not None:
+            watcher = TaskWatcher()
+            stream.writer = writer = SocketWriter(socket, settings.client_buffer_bytes, watcher)
+            subscriber.attach(writer)
+            await _follow_directly(subscriber, writer, watcher, settings.keepalive_seconds)
+            if subscriber.overflowed:
+                metrics.slow_clients_cut.inc()
+            elif writer.ok:  # closed, not cut off: reconnect soon (to another replica)
+                writer.write(chunk(drain_frame(replica)))
+                await writer.flush()
+            return
+        while True:
+            batch = None
+            with trio.move_on_after(settings.keepalive_seconds):
+                try:
+                    batch = await subscriber.receive_batch()
+                except SubscriptionEnded as ended:
+                    if ended.overflowed:
                         metrics.slow_clients_cut.inc()
-                    elif writer.ok:  # closed, not cut off: reconnect soon (to another replica)
-                        writer.write(chunk(sse.retry_frame(drain_retry_ms)))
-                        await writer.flush()
-                    return
-                draining = False
-                while True:
-                    batch = None
-                    with trio.move_on_after(keepalive_seconds):
-                        try:
-                            batch = await subscriber.receive_batch()
-                        except SubscriptionEnded as ended:
-                            draining = not ended.overflowed
-                            if ended.overflowed:
-                                metrics.slow_clients_cut.inc()
-                            break
-                    if batch is None:
-                        yield sse.KEEPALIVE_FRAME
-                        continue
-                    if last is not None:
-                        batch = [message for message in batch if message.id > last]
-                    if batch:
-                        last = batch[-1].id
-                        metrics.messages_delivered.inc(len(batch))
-                        waited = trio.current_time() - subscriber.oldest_queued_at
-                        metrics.fanout_seconds.observe(waited)
-                    frames = [sse.message_frame(message) for message in batch]
-                    presence = subscriber.take_presence()
-                    if presence is not None:
-                        frames.append(sse.presence_frame(presence))
-                    if frames:
-                        yield b"".join(frames)
-                if draining:  # closed, not cut off: reconnect soon (to another replica)
-                    yield sse.retry_frame(drain_retry_ms)
-    except BackplaneUnavailable:
-        return
+                        return
+                    break
+            if batch is None:
+                yield sse.KEEPALIVE_FRAME
+                continue
+            if batch:
+                metrics.messages_delivered.inc(len(batch))
+                metrics.fanout_seconds.observe(trio.current_time() - subscriber.oldest_queued_at)
+            parts = [sse.message_frame(message) for message in batch]
+            presence = subscriber.take_presence()
+            if presence is not None:
+                parts.append(sse.presence_frame(presence))
+            if parts:
+                yield b"".join(parts)
+        yield drain_frame(replica)  # closed, not cut off: reconnect soon (to another replica)
+    finally:
+        stream.release()
 
 
 async def _follow_directly(
-    subscriber: Subscriber, writer: SocketWriter, keepalive_seconds: float
+    subscriber: Subscriber, writer: SocketWriter, watcher: TaskWatcher, keepalive_seconds: float
 ) -> None:
     """Keep an attached stream going until it ends: flush what the socket could not take at
     once, and send a keepalive after each quiet interval."""
     while not subscriber.closed:
         with trio.move_on_after(keepalive_seconds) as quiet:
-            await writer.wait_for_work()
+            if not writer.pending:
+                await watcher.wait()
         if quiet.cancelled_caught:
             subscriber.write(KEEPALIVE_CHUNK)
         if not await writer.flush():
