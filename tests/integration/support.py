@@ -153,3 +153,27 @@ class Collector:
 
     def has_all(self, ids: set[str]) -> bool:
         return ids <= {message["id"] for message in self.messages}
+
+
+def sent_away(events: list[ServerSentEvent], least_ms: int) -> dict[str, Any]:
+    """Assert a stream ended by sending its client away for a while: a `retry:` jittered in
+    [least_ms, 4 x least_ms] and an `unavailable` event; return that event's data."""
+    retries = [event.retry for event in events if event.retry is not None]
+    assert retries and least_ms <= retries[-1] <= 4 * least_ms, events
+    assert events[-1].event == "unavailable", events
+    data: dict[str, Any] = json.loads(events[-1].data)
+    assert data["error"] and data["message"]
+    return data
+
+
+async def refused_stream(client: httpx.AsyncClient, path: str = "/events") -> list[ServerSentEvent]:
+    """GET a stream that the replica turns away: it must still be `200 text/event-stream`
+    (an EventSource gives up on anything else), with no `ready`, and end; its events."""
+    async with client.stream("GET", path) as response:
+        assert response.status_code == 200, (await response.aread()).decode()
+        assert response.headers["content-type"] == "text/event-stream"
+        with trio.fail_after(TIMEOUT):
+            async with aclosing(read_events(response)) as events:
+                received = [event async for event in events]
+    assert all(event.event != "ready" for event in received), received
+    return received

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from .conftest import StartReplica
-from .support import TIMEOUT, open_stream, post, wait_until
+from .support import TIMEOUT, open_stream, post, refused_stream, sent_away, wait_until
 
 
 def _live_tasks() -> int:
@@ -34,7 +34,7 @@ async def _open_unread_stream(url: str) -> trio.SocketStream:
 async def test_a_client_that_falls_behind_is_cut_off_and_the_others_get_everything(
     start_replica: StartReplica,
 ) -> None:
-    replica = await start_replica(client_buffer=8)
+    replica = await start_replica(client_buffer_bytes=2048)
     slow = await _open_unread_stream(replica.url)
     text = "x" * 3900
     received = []
@@ -48,17 +48,21 @@ async def test_a_client_that_falls_behind_is_cut_off_and_the_others_get_everythi
             posted = [await post(client, text) for _ in range(300)]
         assert [json.loads(event.data)["id"] for event in received] == [m["id"] for m in posted]
 
-    # The slow client now reads what reached it: the server must have ended its stream (the
-    # chunked body's last chunk) long before all 300 messages (about 1.2 MB) were written.
+        # Cut off at once: its slot and its subscription are free before it reads anything.
+        app_replica = replica.app.replica
+        await wait_until(lambda: app_replica.stream_slots.total == 1)
+        assert app_replica.hub.subscriber_count() == 1
+
+    # The slow client now reads what reached it before the server ended its connection, long
+    # before all 300 messages (about 1.2 MB) were written: it reconnects and resumes.
     data = bytearray()
     with trio.fail_after(TIMEOUT):
-        while not data.endswith(b"\r\n0\r\n\r\n"):
-            chunk = await slow.receive_some(65536)
-            assert chunk, "the connection closed before the stream was ended"
+        while chunk := await slow.receive_some(65536):
             data += chunk
     await slow.aclose()
     assert data.startswith(b"HTTP/1.1 200")
     assert 0 < data.count(b"event: message\n") < 300
+    assert replica.app.replica.metrics.slow_clients_cut._value.get() == 1
 
 
 async def test_shutdown_ends_every_stream_and_leaves_no_task(
@@ -79,30 +83,34 @@ async def test_shutdown_ends_every_stream_and_leaves_no_task(
             nursery.start_soon(replica.stop)
             for stream in (lobby, dev, resumed):
                 ending = await stream.rest()  # returns only when the server ends the stream
-                assert ending[-1].retry == replica.settings.drain_retry_ms
+                sent_away(ending, replica.settings.drain_retry_ms)
     assert replica.stopped.is_set()
     await trio.testing.wait_all_tasks_blocked()
     assert _live_tasks() == tasks_before
 
 
-async def test_streams_are_refused_while_draining(start_replica: StartReplica) -> None:
+async def test_new_streams_are_sent_elsewhere_with_200_while_draining(
+    start_replica: StartReplica,
+) -> None:
     replica = await start_replica()
     async with replica.client() as client, open_stream(client) as stream:
         ready_before = await client.get("/readyz")
         replica.app.replica.drain()
         ready_during = await client.get("/readyz")
-        refused = await client.get("/events")
-        await stream.rest()
+        refused = await refused_stream(client)
+        ended = await stream.rest()
     assert ready_before.status_code == 200
     assert ready_during.status_code == 503
     assert ready_during.json()["error"] == "unavailable"
-    assert refused.status_code == 503 and refused.headers["retry-after"]
+    drain_ms = replica.settings.drain_retry_ms
+    assert sent_away(refused, drain_ms)["error"] == "draining"
+    assert sent_away(ended, drain_ms)["error"] == "draining"
 
 
 async def test_a_client_that_never_reads_is_disconnected_after_the_send_timeout(
     start_replica: StartReplica,
 ) -> None:
-    replica = await start_replica(client_buffer=8, send_timeout_seconds=0.5)
+    replica = await start_replica(client_buffer_bytes=2048, send_timeout_seconds=0.5)
     hub = replica.app.replica.hub
     silent = await _open_unread_stream(replica.url)
     async with replica.client() as client:

@@ -107,7 +107,7 @@ async def test_stream_opens_with_retry_and_ready_and_sends_sse_headers(
     assert response.headers["x-accel-buffering"] == "no"
     assert response.headers["x-replica"] == "r1"
     assert head[0] == f"retry: {replica.settings.retry_ms}"
-    assert head[1:3] == ["event: ready", 'data: {"replica":"r1","room":"dev"}']
+    assert head[1:3] == ["event: ready", 'data: {"replica":"r1","room":"dev","live":true}']
 
 
 async def test_an_idle_stream_gets_keepalive_comments(start_replica: StartReplica) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import resource
 import socket
 
 import pytest
@@ -12,11 +13,12 @@ def test_defaults_apply_when_no_variable_is_set() -> None:
     settings = Settings.from_env({"PATH": "/bin", "SSE_CHAT": "x", "OTHER_PORT": "1"})
     assert settings == Settings(replica_id=socket.gethostname())
     assert (settings.host, settings.port, settings.history_size) == ("127.0.0.1", 8000, 1000)
-    assert (settings.keepalive_seconds, settings.retry_ms, settings.client_buffer) == (
+    assert (settings.keepalive_seconds, settings.retry_ms, settings.client_buffer_bytes) == (
         15.0,
         3000,
-        256,
+        256 * 1024,
     )
+    assert settings.listen_backlog == 4096
     assert settings.limits == Limits(max_user=40, max_text=4000)
 
 
@@ -29,7 +31,8 @@ def test_every_variable_is_read_and_converted_to_its_field_type() -> None:
             "SSE_CHAT_HISTORY_SIZE": "20",
             "SSE_CHAT_KEEPALIVE_SECONDS": "0.5",
             "SSE_CHAT_RETRY_MS": "0",
-            "SSE_CHAT_CLIENT_BUFFER": "8",
+            "SSE_CHAT_CLIENT_BUFFER_BYTES": "8192",
+            "SSE_CHAT_LISTEN_BACKLOG": "128",
             "SSE_CHAT_MAX_USER_LENGTH": "10",
             "SSE_CHAT_MAX_TEXT_LENGTH": "100",
             "SSE_CHAT_MAX_BODY_BYTES": "2048",
@@ -44,7 +47,8 @@ def test_every_variable_is_read_and_converted_to_its_field_type() -> None:
         history_size=20,
         keepalive_seconds=0.5,
         retry_ms=0,
-        client_buffer=8,
+        client_buffer_bytes=8192,
+        listen_backlog=128,
         max_user_length=10,
         max_text_length=100,
         max_body_bytes=2048,
@@ -82,7 +86,8 @@ def test_value_of_the_wrong_type_raises_config_error_naming_the_variable(
         ("SSE_CHAT_REPLICA_ID", ""),
         ("SSE_CHAT_REPLICA_ID", "bad\nid"),
         ("SSE_CHAT_HISTORY_SIZE", "0"),
-        ("SSE_CHAT_CLIENT_BUFFER", "0"),
+        ("SSE_CHAT_CLIENT_BUFFER_BYTES", "0"),
+        ("SSE_CHAT_LISTEN_BACKLOG", "0"),
         ("SSE_CHAT_MAX_USER_LENGTH", "0"),
         ("SSE_CHAT_MAX_TEXT_LENGTH", "0"),
         ("SSE_CHAT_MAX_BODY_BYTES", "0"),
@@ -110,3 +115,9 @@ def test_config_error_is_a_value_error() -> None:
 def test_updated_keeps_fields_given_as_none_and_converts_strings() -> None:
     settings = Settings(replica_id="r1").updated({"port": "81", "host": None, "retry_ms": 5})
     assert (settings.port, settings.host, settings.retry_ms) == (81, "127.0.0.1", 5)
+
+
+def test_the_stream_cap_defaults_to_the_open_file_limit_less_a_reserve() -> None:
+    settings = Settings()
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert settings.max_streams == max(100, soft - 1000)
