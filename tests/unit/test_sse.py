@@ -13,6 +13,7 @@ from sse_chat.sse import (
     gap_frame,
     message_frame,
     opening_frame,
+    unavailable_frame,
 )
 
 MESSAGE = Message(
@@ -52,12 +53,34 @@ def test_message_with_newlines_and_unicode_round_trips_through_a_frame() -> None
     assert Message.from_json(event.data) == MESSAGE
 
 
-def test_opening_frame_sets_retry_and_announces_ready() -> None:
+def test_opening_frame_sets_retry_and_announces_ready_and_live() -> None:
     frame = opening_frame(2500, "r1", "lobby")
-    assert frame == b'retry: 2500\nevent: ready\ndata: {"replica":"r1","room":"lobby"}\n\n'
+    assert frame == (
+        b'retry: 2500\nevent: ready\ndata: {"replica":"r1","room":"lobby","live":true}\n\n'
+    )
     [event] = decode(frame)
     assert (event.event, event.retry, event.id) == ("ready", 2500, None)
-    assert json.loads(event.data) == {"replica": "r1", "room": "lobby"}
+    assert json.loads(event.data) == {"replica": "r1", "room": "lobby", "live": True}
+
+
+def test_opening_frame_says_not_live_while_the_backplane_is_away() -> None:
+    [event] = decode(opening_frame(2500, "r1", "lobby", live=False))
+    assert event.event == "ready"
+    assert json.loads(event.data) == {"replica": "r1", "room": "lobby", "live": False}
+
+
+def test_unavailable_frame_sets_retry_then_says_why_without_an_id() -> None:
+    decoder = SSEDecoder()
+    frame = unavailable_frame("replica_full", "this replica is full; try again", 4000)
+    assert frame.startswith(b"retry: 4000\n")
+    retry, unavailable = decode(frame, decoder)
+    assert retry == ServerSentEvent(event="", retry=4000)
+    assert (unavailable.event, unavailable.id) == ("unavailable", None)
+    assert json.loads(unavailable.data) == {
+        "error": "replica_full",
+        "message": "this replica is full; try again",
+    }
+    assert decoder.last_event_id == ""  # the client resumes from where it was
 
 
 @pytest.mark.parametrize(("oldest", "oldest_text"), [(MessageId(9, 0), "9-0"), (None, None)])
