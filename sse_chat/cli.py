@@ -15,7 +15,7 @@ from functools import partial
 import trio
 
 from .client import PostRefused, follow_room, post_message
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, raise_open_file_limit
 from .logs import configure_logging
 from .messages import DEFAULT_ROOM
 from .server import serve
@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
+            raise_open_file_limit()  # before the settings: the stream cap follows it
             settings = Settings.from_env(os.environ).updated(
                 {
                     "host": args.host,

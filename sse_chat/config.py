@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import socket
 from collections.abc import Callable, Mapping
@@ -152,21 +153,19 @@ class Settings:
         return replace(self, **changes)
 
 
-def open_file_limit() -> int:
-    """This process's open-file limit, raised to the hard limit first (as nginx does)."""
+def raise_open_file_limit() -> None:
+    """Raise this process's open-file limit to its hard limit (as nginx does), if allowed."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft if soft != resource.RLIM_INFINITY else 1_000_000
 
 
 def default_max_streams() -> int:
     """The default stream cap: the open-file limit less 1,000 (at least 100)."""
-    return max(100, open_file_limit() - 1000)
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = soft if soft != resource.RLIM_INFINITY else 1_000_000
+    return max(100, limit - 1000)
 
 
 def _boolean(text: str) -> bool:

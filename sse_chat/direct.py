@@ -116,6 +116,9 @@ class SocketWriter:
         except OSError:
             return self._break()
         if written < len(data):
+            if len(data) - written > self._limit:
+                self._cut()
+                return False
             if self._buffer is None:
                 self._buffer = deque()
             self._buffer.append(data)

@@ -30,6 +30,7 @@ from .stream import OpenStream, admit, drain_frame, opening
 from .stream_request import read_stream_request
 
 MAX_HEAD = 16 * 1024  # a longer head goes to hypercorn, which refuses it its own way
+REFUSAL_SECONDS = 5  # how long a refused client has to read its answer
 NEED_MORE = -1
 NOT_A_STREAM = 0
 
@@ -45,10 +46,9 @@ def stream_head_length(data: bytes) -> int:
     parts = data[:line_end].split(b" ")
     if len(parts) != 3 or _route(parts[1]) is None:
         return NOT_A_STREAM
-    for blank in (b"\r\n\r\n", b"\n\n"):
-        end = data.find(blank)
-        if end >= 0:
-            return end + len(blank)
+    ends = [end + len(blank) for blank in (b"\r\n\r\n", b"\n\n") if (end := data.find(blank)) >= 0]
+    if ends:
+        return min(ends) if min(ends) <= MAX_HEAD else NOT_A_STREAM
     return NEED_MORE if len(data) < MAX_HEAD else NOT_A_STREAM
 
 
@@ -72,7 +72,10 @@ def parse_stream_head(head: bytes) -> tuple[str, str, dict[str, str], dict[str, 
         request = connection.next_event()
     except h11.RemoteProtocolError:
         return None
-    if not isinstance(request, h11.Request) or request.http_version != b"1.1":
+    if not isinstance(request, h11.Request) or (request.method, request.http_version) != (
+        b"GET",
+        b"1.1",
+    ):
         return None
     route = _route(request.target)
     if route is None:
@@ -162,19 +165,20 @@ async def _open(
     """Send the opening and hand the live stream to the keeper; if it cannot get there,
     release it and close its socket."""
     replica = stream.replica
-    stream.writer = writer = SocketWriter(
-        sock, replica.settings.client_buffer_bytes, replica.keeper
-    )
     adopted = False
     try:
-        writer.write(head)
+        # The opening (a replay may be long) is sent in full, however slowly it is read; the
+        # writer's byte limit applies to what is pushed to the stream after it.
+        if not await _send_all(sock, head):
+            return
         async for frames in opening(stream):
-            if not (writer.write(chunk(frames)) and await writer.flush()):
+            if not await _send_all(sock, chunk(frames)):
                 return
         if client_spoke:  # bytes after a stream request: nothing more is read on it
-            writer.write(chunk(drain_frame(replica)) + LAST_CHUNK)
-            await writer.flush()
+            await _send_all(sock, chunk(drain_frame(replica)) + LAST_CHUNK)
             return
+        limit = replica.settings.client_buffer_bytes
+        stream.writer = writer = SocketWriter(sock, limit, replica.keeper)
         stream.subscriber.attach(writer)
         adopted = replica.keeper.adopt(stream)
         if not adopted:
@@ -186,14 +190,21 @@ async def _open(
             sock.close()
 
 
+async def _send_all(sock: trio.socket.SocketType, data: bytes) -> bool:
+    """Send all of `data`, waiting as the client reads; False if the connection failed."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[await sock.send(view) :]
+    except OSError:
+        return False
+    return True
+
+
 async def _send_and_close(sock: trio.socket.SocketType, data: bytes) -> None:
     try:
-        with trio.move_on_after(5):
-            while data:
-                sent = await sock.send(data)
-                data = data[sent:]
-    except OSError:
-        pass
+        with trio.move_on_after(REFUSAL_SECONDS):
+            await _send_all(sock, data)
     finally:
         sock.close()
 

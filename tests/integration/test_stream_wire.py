@@ -15,7 +15,7 @@ import trio
 from sse_chat.sse import ServerSentEvent, SSEDecoder
 
 from .conftest import StartReplica
-from .support import TIMEOUT, open_raw, post, sent_away
+from .support import TIMEOUT, open_raw, post, sent_away, wait_until
 
 
 def decode(body: bytes) -> list[ServerSentEvent]:
@@ -89,3 +89,67 @@ async def test_an_http10_client_gets_the_same_stream_ended_by_close(
     events = decode(body)
     assert [e.id for e in events if e.event == "message"] == [m["id"] for m in posted]
     sent_away(events, 250)
+
+
+async def _read_response(conn: trio.SocketStream, parser: h11.Connection) -> bytes:
+    """One whole response to a request sent through `parser` (strictly parsed); its body."""
+    body = bytearray()
+    with trio.fail_after(TIMEOUT):
+        while True:
+            event = parser.next_event()
+            if event is h11.NEED_DATA:
+                parser.receive_data(await conn.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                assert event.status_code == 200
+                assert (b"content-type", b"text/event-stream") in event.headers
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return bytes(body)
+
+
+async def test_head_of_a_stream_sends_its_headers_only_and_takes_no_slot_or_presence(
+    start_replica: StartReplica,
+) -> None:
+    replica = await start_replica(keepalive_seconds=0.05)
+    parser = h11.Connection(h11.CLIENT)
+    async with await open_raw(replica) as conn, replica.client() as client:
+        head = h11.Request(
+            method="HEAD", target="/rooms/h/events?user=ghost", headers=[("Host", "c")]
+        )
+        # A pipelined GET behind it: the HEAD's answer must still parse, and nothing follows
+        # it but the answer to that GET or the end of the connection.
+        await conn.send_all(parser.send(head) + b"GET /healthz HTTP/1.1\r\nHost: c\r\n\r\n")
+        assert await _read_response(conn, parser) == b""
+        assert replica.app.replica.stream_slots.total == 0
+        assert (await client.get("/rooms/h/presence")).json()["users"] == []
+        await post(client, "after the head", room="h")
+        rest = b""
+        with trio.fail_after(TIMEOUT):
+            while data := await conn.receive_some(65536):
+                rest += data
+    assert b"event:" not in rest and b"keepalive" not in rest
+    assert rest == b"" or rest.startswith(b"HTTP/1.1 200")
+
+
+async def test_bytes_after_a_stream_request_end_the_stream_cleanly(
+    start_replica: StartReplica,
+) -> None:
+    replica = await start_replica()
+    parser = h11.Connection(h11.CLIENT)
+    async with await open_raw(replica) as conn:
+        request = h11.Request(method="GET", target="/rooms/s/events", headers=[("Host", "c")])
+        await conn.send_all(parser.send(request))
+        received = b""
+        with trio.fail_after(TIMEOUT):
+            while b"event: presence" not in received:
+                received += await conn.receive_some(65536)
+        await conn.send_all(b"\r\n")  # a stray CRLF
+        parser.receive_data(received)
+        body = await _read_response(conn, parser)  # the last chunk comes: the stream ended
+        with trio.fail_after(TIMEOUT):
+            assert await conn.receive_some(65536) == b""  # and the server closed
+    events = decode(body)
+    assert [event.event for event in events[:2]] == ["ready", "presence"]
+    assert events[-1].retry == replica.settings.retry_ms
+    await wait_until(lambda: replica.app.replica.stream_slots.total == 0)

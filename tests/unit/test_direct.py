@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import sys
 
-import pytest
 import trio
 import trio.testing
 
@@ -175,11 +174,6 @@ async def test_a_writer_whose_buffer_would_pass_its_limit_is_full_cut_off_and_ta
         assert 10_000 - 1000 < waited <= 10_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="direct.SocketWriter.write does not check the limit when it starts buffering: "
-    "the part of a first write the kernel refuses is buffered whatever its size",
-)
 async def test_one_write_larger_than_the_limit_does_not_overfill_the_buffer() -> None:
     server, client = small_pair()
     with server, client:

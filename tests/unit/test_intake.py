@@ -68,11 +68,6 @@ def test_the_length_of_a_stream_head_is_exact_whatever_follows_it(head: bytes) -
     assert stream_head_length(head + b"extra bytes") == len(head)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="intake.stream_head_length looks for CRLF CRLF before LF LF: a bare-LF head "
-    "followed by a CRLF request is measured up to the second request's end",
-)
 def test_a_bare_lf_head_ends_at_its_own_blank_line_whatever_follows() -> None:
     head = b"GET /events HTTP/1.1\nHost: a\n\n"
     assert stream_head_length(head + b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n") == len(head)
@@ -89,11 +84,6 @@ def test_a_request_line_longer_than_16_kib_is_not_a_stream() -> None:
     assert stream_head_length(b"GET /events?x=" + b"a" * MAX_HEAD) == NOT_A_STREAM
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="intake.stream_head_length measures a complete head of any size: one longer than "
-    "MAX_HEAD that arrived whole is served by the intake instead of going to hypercorn",
-)
 def test_a_complete_head_longer_than_16_kib_is_not_a_stream() -> None:
     head = b"GET /events HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"a" * 20_000 + b"\r\n\r\n"
     assert stream_head_length(head) == NOT_A_STREAM
@@ -167,11 +157,6 @@ def test_parse_leaves_anything_else_to_hypercorn(head: bytes) -> None:
     assert parse_stream_head(head) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="intake.parse_stream_head never looks at the method (only stream_head_length, "
-    "which runs first in serve_stream, refuses anything but GET)",
-)
 @pytest.mark.parametrize(
     "head",
     [
