@@ -71,14 +71,16 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         ],
         "responses": {
             "200": {
-                "description": "retry, ready, presence, then message events",
+                "description": "retry, ready (live false while the backplane is away: the"
+                " stream waits and replays when it is back), presence, then message events."
+                " A replica that is full or draining answers 200 too, with a jittered retry"
+                " and an `unavailable` event {error, message}, and ends the stream: an"
+                " EventSource gives up for good on any other status.",
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
             },
             "400": _error_response("Malformed Last-Event-ID"),
             "404": _error_response("Bad room name"),
             "422": _error_response("Invalid user"),
-            "429": _error_response("Too many streams from this client"),
-            "503": _error_response("Draining, full or backplane down"),
         },
     }
     return {
