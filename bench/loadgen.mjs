@@ -9,11 +9,18 @@
  * the kernel's receive path, one read() and one ACK per frame.
  *
  * Each stream is one GET; each POST has its own `Connection: close` socket, so a slow answer never
- * delays the next post. A message's text is `b <sequence> <send time ns>`; latency is receive
- * time minus send time, both from process.hrtime.bigint() (CLOCK_MONOTONIC), read once per read
- * event, kept as ns in a Float64Array (exact while uptime < 104 days, 2^53 ns). Streams are read
- * through one shared buffer (net's `onread`), so a read allocates only its latin1 string; frames
- * are found with a global regex over that string, never de-chunked.
+ * delays the next post. Streams open in a ramp (batches of 100, each ready before the next) or as
+ * a burst (all at once, as fast as this loop can issue connects: a reconnect storm). Three shapes
+ * of run: open, then post `--messages` at `--rate` (or hold the streams idle); `--storm`: open
+ * every stream at once while a thread of its own posts at `--rate` until every stream is ready or
+ * failed; `--reconnect K`: hold the streams, then close K of them and reopen K at once.
+ *
+ * A message's text is `b <sequence> <send time ns>`; latency is receive time minus send time,
+ * both from process.hrtime.bigint() (CLOCK_MONOTONIC), read once per read event, kept as ns in a
+ * Float64Array (exact while uptime < 104 days, 2^53 ns). Streams are read through one shared
+ * buffer (net's `onread`), so a read allocates only its latin1 string; frames are found with a
+ * global regex over that string, never de-chunked. How frames, readiness and a stored POST look
+ * differs between sse-chat (and the Starlette peer) and nchan: `--protocol`.
  *
  * File descriptors: Node cannot call setrlimit, so this cannot raise its own RLIMIT_NOFILE. The
  * caller must: bench/run.py raises its soft limit to the hard limit (raise_fd_limit) before it
@@ -26,16 +33,42 @@ import fs from 'node:fs';
 import net from 'node:net';
 import process from 'node:process';
 import { parseArgs } from 'node:util';
+import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 
 const OPEN_BATCH = 100; // below hypercorn's default listen backlog, so no SYN is dropped
-const CONNECT_TIMEOUT_MS = 5000; // a connect that takes longer fails
 const READ_BUFFER = Buffer.allocUnsafe(262144); // shared by every stream; read synchronously
+let connectTimeoutMs = 5000; // a connect that takes longer fails (--connect-timeout)
 
 // counting -------------------------------------------------------------------------------------
 
-/** A chat frame whose text is `b <sequence> <send time ns>`. */
-const FRAME = /id: (\d+)-(\d+)\r?\nevent: message\r?\ndata: [^\n]*?"text": ?"b (\d+) (\d+)"/g;
 const READY = 'event: ready';
+
+/** What differs between the servers: how a chat frame looks, when a stream is ready, which POST
+ * answers mean stored. In each frame regex: the id's two numbers, then the text's `b <sequence>
+ * <send time ns>`. */
+const PROTOCOLS = {
+  // sse-chat and the Starlette peer: `id: <ms>-<seq>` first, and an `event: ready` frame.
+  'sse-chat': {
+    name: 'sse-chat',
+    frame: /id: (\d+)-(\d+)\r?\nevent: message\r?\ndata: [^\n]*?"text": ?"b (\d+) (\d+)"/g,
+    /** The complete `event: ready` frame is in `buffer[:cut]`. */
+    ready: (buffer, cut) => {
+      const at = buffer.indexOf(READY); // first occurrence: if it is not before the cut, none is
+      return at >= 0 && at + READY.length <= cut;
+    },
+    postOk: /^HTTP\/1\.[01] 201 /,
+  },
+  // nchan: `event:` before `id: <unix s>:<index in that second>`, the data is the POST body as
+  // sent; no ready event: a stream is ready at the first byte of its body (nchan's `: hi` comment,
+  // written once the subscriber is enqueued); a POST answers 201, or 202 when nobody listened.
+  nchan: {
+    name: 'nchan',
+    frame: /event: message\r?\nid: (\d+):(\d+)\r?\ndata: [^\n]*?"text": ?"b (\d+) (\d+)"/g,
+    ready: (buffer) => buffer.length > 0,
+    postOk: /^HTTP\/1\.[01] 20[12] /,
+  },
+};
+let protocol = PROTOCOLS['sse-chat']; // --protocol
 
 /** The text of benchmark message `sequence`, sent at `sentNs` (a BigInt from hrtime). */
 function messageText(sequence, sentNs) {
@@ -70,6 +103,7 @@ class Subscriber {
   constructor(messages) {
     this.tail = '';
     this.ready = false;
+    this.readyNs = 0; // when it became ready, on hrNow()'s clock
     this.lastMs = 0; // the last id: lastMs-lastSeq
     this.lastSeq = 0;
     this.seen = new Uint8Array(messages);
@@ -80,17 +114,18 @@ class Subscriber {
   feed(data, nowNs, totals) {
     const buffer = this.tail ? this.tail + data : data;
     const cut = buffer.lastIndexOf('\n\n');
+    if (!this.ready && protocol.ready(buffer, cut)) {
+      this.ready = true;
+      this.readyNs = nowNs;
+    }
     if (cut < 0) {
       this.tail = buffer;
       return;
     }
     this.tail = cut + 2 < buffer.length ? buffer.slice(cut + 2) : '';
-    if (!this.ready) {
-      const at = buffer.indexOf(READY); // first occurrence: if it is not before the cut, none is
-      if (at >= 0 && at + READY.length <= cut) this.ready = true;
-    }
     // Scan buffer[:cut] without slicing: no match can span the cut (a frame holds no "\n\n"), so
     // the matches that start before it are exactly those in buffer[:cut].
+    const FRAME = protocol.frame;
     const seen = this.seen;
     let latencies = totals.latencies;
     FRAME.lastIndex = 0;
@@ -218,23 +253,193 @@ function responseComplete(response) {
   return false;
 }
 
+/** Summary of ns values in ms: p50, p99, max; null when there are none. */
+function msPercentiles(values) {
+  if (values.length === 0) return null;
+  const sorted = Float64Array.from(values).sort();
+  return {
+    p50: percentile(sorted, 0.5) / 1e6,
+    p99: percentile(sorted, 0.99) / 1e6,
+    max: percentile(sorted, 1.0) / 1e6,
+  };
+}
+
+/** Streams opened together (one burst, or a ramp of batches): how fast their connects were
+ * issued and made, when each became ready, what failed. A stream is settled once it is ready or
+ * has failed. */
+class Wave {
+  constructor(burst) {
+    this.burst = burst;
+    this.startNs = hrNow(); // the first connect
+    this.issuedNs = 0; // when the last connect() had been issued
+    this.lastConnectedNs = 0;
+    this.opened = 0;
+    this.connecting = 0;
+    this.settled = 0;
+    this.notReady = 0; // live when the wait for the wave ended, yet never ready
+    this.readyNs = []; // each ready stream's time to ready, ns after startNs
+    this.connectErrors = 0; // refused, reset or timed out before connecting
+    this.statuses = {}; // answers other than 200: status code -> count
+    this.ended = 0; // closed by the server after connecting, unless refused with a status
+  }
+
+  /** Answers other than 200, all codes together. */
+  non200() {
+    return Object.values(this.statuses).reduce((sum, n) => sum + n, 0);
+  }
+
+  /** The JSON-ready figures. */
+  summary() {
+    const since = (ns) => (ns ? (ns - this.startNs) / 1e9 : 0);
+    return {
+      mode: this.burst ? 'burst' : 'ramp',
+      streams: this.opened,
+      ready: this.readyNs.length,
+      issued_per_s: this.opened / Math.max(1e-9, since(this.issuedNs)),
+      connected_s: since(this.lastConnectedNs),
+      all_ready_s: this.readyNs.reduce((most, ns) => Math.max(most, ns), 0) / 1e9,
+      ready_ms: msPercentiles(this.readyNs),
+      connect_errors: this.connectErrors,
+      non_200: this.non200(),
+      statuses: this.statuses,
+      ended: this.ended,
+      not_ready: this.notReady,
+    };
+  }
+}
+
+/** The POSTs of a run: each on its own `Connection: close` socket, timed until its answer. */
+class Poster {
+  constructor(addrs, room, onSettled = () => {}) {
+    this.addrs = addrs;
+    this.room = room;
+    this.onSettled = onSettled; // called as each POST ends
+    this.inFlight = 0;
+    this.ok = 0;
+    this.failed = 0;
+    this.latenciesNs = [];
+  }
+
+  /** POST benchmark message `sequence`, round-robin over the servers. */
+  post(sequence) {
+    const [host, port] = this.addrs[sequence % this.addrs.length];
+    const sentNs = process.hrtime.bigint();
+    const started = Number(sentNs);
+    const text = JSON.stringify(messageText(sequence, sentNs));
+    const body = Buffer.from(`{"user": "bench", "text": ${text}}`); // json.dumps's separators
+    const head =
+      `POST /rooms/${this.room}/messages HTTP/1.1\r\nHost: ${host}:${port}\r\n` +
+      `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n` +
+      'Connection: close\r\n\r\n';
+    let response = '';
+    let finished = false;
+    this.inFlight++;
+    const sock = net.connect({ host, port });
+    /** The end: EOF, an error, or a complete response. */
+    const finish = (now) => {
+      if (finished) return;
+      finished = true;
+      sock.destroy();
+      this.inFlight--;
+      if (protocol.postOk.test(response)) {
+        this.ok++;
+        this.latenciesNs.push(now - started);
+      } else {
+        this.failed++; // also a refused or timed-out connect
+      }
+      this.onSettled();
+    };
+    sock.setNoDelay(true);
+    sock.setTimeout(connectTimeoutMs, () => sock.destroy());
+    sock.once('connect', () => sock.setTimeout(0));
+    sock.on('data', (chunk) => {
+      const now = hrNow();
+      response += chunk.toString('latin1');
+      if (responseComplete(response)) finish(now);
+    });
+    sock.on('error', () => {});
+    sock.on('end', () => finish(hrNow()));
+    sock.on('close', () => finish(hrNow()));
+    sock.write(Buffer.concat([Buffer.from(head), body]));
+  }
+
+  /** POST messages 0, 1, ... at `rate`/s until `count` are sent or `stop()` holds when the next
+   * is due; resolves to how many were sent. Message i is due at start + i/rate: a late timer
+   * catches up, it never shifts the schedule. */
+  pace(rate, count, stop = () => false) {
+    const start = hrNow();
+    return new Promise((resolve) => {
+      let sequence = 0;
+      const tick = () => {
+        while (sequence < count && !stop()) {
+          const wait = start + (sequence * 1e9) / rate - hrNow();
+          if (wait > 0) {
+            setTimeout(tick, Math.ceil(wait / 1e6));
+            return;
+          }
+          this.post(sequence++);
+        }
+        resolve(sequence);
+      };
+      tick();
+    });
+  }
+
+  /** How many succeeded and failed, and their latency p50/p99 in ms. */
+  summary() {
+    const times = msPercentiles(this.latenciesNs);
+    const postMs = times && { p50: times.p50, p99: times.p99 };
+    return { posts_ok: this.ok, posts_failed: this.failed, post_ms: postMs };
+  }
+}
+
+/** Posts at `rate`/s on a thread of its own from the message 'start' to the message 'stop', then
+ * waits for the answers (at most `drainTimeout` s) and sends back its summary. On its own event
+ * loop, a POST's answer is read when it arrives, not after the main loop's work on a storm of
+ * thousands of streams (it only shares the CPU). */
+async function posterThread({ addrs, room, protocolName, connectTimeout, rate, drainTimeout }) {
+  protocol = PROTOCOLS[protocolName];
+  connectTimeoutMs = connectTimeout * 1000;
+  let drained = () => {};
+  const poster = new Poster(addrs, room, () => {
+    if (poster.inFlight === 0) drained();
+  });
+  const message = (expected) =>
+    new Promise((resolve) => {
+      parentPort.once('message', (got) => {
+        if (got !== expected) throw new Error(`poster thread: ${got}, not ${expected}`);
+        resolve();
+      });
+    });
+  const started = message('start');
+  parentPort.postMessage('ready');
+  await started;
+  let stop = false;
+  message('stop').then(() => {
+    stop = true;
+  });
+  await poster.pace(rate, Infinity, () => stop);
+  if (poster.inFlight) {
+    await Promise.race([new Promise((resolve) => (drained = resolve)), sleep(drainTimeout)]);
+  }
+  parentPort.postMessage(poster.summary());
+}
+
 /** Owns the sockets and the counts of one run. */
 class LoadGenerator {
-  constructor(urls, room, messages, pids, subscribers) {
+  constructor(urls, room, messages, pids, expectedDeliveries) {
     this.addrs = urls.map(address);
     this.room = room;
     this.messages = messages;
     this.pids = pids;
     this.subscribers = new Map(); // live streams: socket -> Subscriber
-    this.dropped = []; // closed mid-run; what they got still counts
+    this.dropped = []; // closed mid-run by the server; what they got still counts
+    this.retired = new Set(); // sockets this generator closed on purpose (a reconnect)
+    this.waves = [];
+    this.streamsOpened = 0; // for the round-robin over the servers
     this.readyLive = 0; // live streams that are ready, kept up to date
-    this.connecting = 0; // streams whose connect has not settled yet
-    this.postsInFlight = 0;
-    this.totals = new Totals(subscribers * messages);
-    this.connectionErrors = 0;
-    this.postsOk = 0;
-    this.postsFailed = 0;
-    this.postLatenciesNs = [];
+    this.poster = new Poster(this.addrs, room, () => this.notify());
+    this.totals = new Totals(expectedDeliveries);
     this.closing = false;
     this.wake = null; // re-checks what the run is waiting for; called after every event
   }
@@ -269,23 +474,43 @@ class LoadGenerator {
     if (this.wake !== null) this.wake();
   }
 
-  /** Open `count` streams in batches, each batch ready before the next starts. */
-  async openSubscribers(count, timeout) {
-    const deadline = hrNow() + timeout * 1e9;
-    for (let start = 0; start < count; start += OPEN_BATCH) {
-      for (let index = start; index < Math.min(count, start + OPEN_BATCH); index++) {
-        this.openStream(this.addrs[index % this.addrs.length]);
-      }
-      // Past the deadline, still let this batch's connects settle (each is made or failed).
-      await this.waitFor(
-        (late) => this.connecting === 0 && (late || this.readyLive >= this.subscribers.size),
-        deadline,
-      );
+  /** Open `count` streams as one wave: all at once if `burst`, else in batches, each settled
+   * before the next; resolves once all are settled, or past `timeout` s once the connects are. */
+  async open(count, timeout, burst) {
+    const wave = new Wave(burst);
+    this.waves.push(wave);
+    const deadline = wave.startNs + timeout * 1e9;
+    const batch = burst ? Math.max(1, count) : OPEN_BATCH;
+    for (let start = 0; start < count; start += batch) {
+      this.openStreams(Math.min(batch, count - start), wave);
+      await this.settleWave(wave, deadline);
     }
+    return wave;
   }
 
-  /** One `GET .../events` stream; a subscriber once connected, a connection error if not. */
-  openStream([host, port]) {
+  /** Wait until every stream of `wave` is settled; from `deadline` on, until its connects are. */
+  async settleWave(wave, deadline) {
+    await this.waitFor(
+      (late) => wave.connecting === 0 && (late || wave.settled === wave.opened),
+      deadline,
+    );
+    wave.notReady = wave.opened - wave.settled;
+  }
+
+  /** Issue `count` stream connects at once, round-robin over the servers. */
+  openStreams(count, wave) {
+    for (let i = 0; i < count; i++) {
+      this.openStream(this.addrs[this.streamsOpened++ % this.addrs.length], wave);
+    }
+    // net.connect() to an address makes its connect() on the next tick, in order: this tick
+    // runs after the last of them.
+    process.nextTick(() => {
+      wave.issuedNs = hrNow();
+    });
+  }
+
+  /** One `GET .../events` stream of `wave`. */
+  openStream([host, port], wave) {
     const request =
       `GET /rooms/${this.room}/events HTTP/1.1\r\nHost: ${host}:${port}\r\n` +
       'Accept: text/event-stream\r\n\r\n';
@@ -293,7 +518,8 @@ class LoadGenerator {
     const totals = this.totals;
     let header = ''; // the response so far while its header is incomplete; null after it
     let state = 'connecting'; // -> 'live' -> 'gone'
-    this.connecting++;
+    wave.opened++;
+    wave.connecting++;
     const sock = net.connect({
       host,
       port,
@@ -311,131 +537,152 @@ class LoadGenerator {
             }
             header = null;
             if (!data.startsWith('HTTP/1.1 200') && !data.startsWith('HTTP/1.0 200')) {
-              drop();
+              const status = data.slice(9, 12);
+              wave.statuses[status] = (wave.statuses[status] ?? 0) + 1;
+              drop(false);
               return;
             }
             data = data.slice(end + 4);
           }
           const wasReady = sub.ready;
           sub.feed(data, now, totals);
-          if (!wasReady && sub.ready) this.readyLive++;
+          if (!wasReady && sub.ready) {
+            this.readyLive++;
+            wave.settled++;
+            wave.readyNs.push(sub.readyNs - wave.startNs);
+          }
           this.notify();
         },
       },
     });
-    /** Count an error unless closing; keep what it got. */
-    const drop = () => {
+    /** Forget a live stream; `byServer`: the server closed it (an error unless we were closing
+     * it ourselves). What it got still counts. */
+    const drop = (byServer) => {
       if (state !== 'live') return;
       state = 'gone';
-      if (!this.closing) this.connectionErrors++;
+      const ours = this.closing || this.retired.has(sock);
+      if (byServer && !ours) wave.ended++;
       if (sub.ready) this.readyLive--;
+      else if (!ours) wave.settled++; // failed before it was ready
       this.subscribers.delete(sock);
-      this.dropped.push(sub);
+      if (!ours) this.dropped.push(sub);
       sock.destroy();
       this.notify();
     };
     sock.setNoDelay(true);
-    sock.setTimeout(CONNECT_TIMEOUT_MS, () => sock.destroy());
+    sock.setTimeout(connectTimeoutMs, () => sock.destroy());
     sock.once('connect', () => {
       sock.setTimeout(0);
       state = 'live';
-      this.connecting--;
+      wave.connecting--;
+      wave.lastConnectedNs = hrNow();
       this.subscribers.set(sock, sub);
       this.notify();
     });
     sock.on('error', () => {}); // 'close' follows; counted there
-    sock.on('end', drop); // EOF
+    sock.on('end', () => drop(true)); // EOF
     sock.on('close', () => {
       if (state === 'connecting') {
         state = 'gone';
-        this.connecting--;
-        this.connectionErrors++;
+        wave.connecting--;
+        wave.connectErrors++;
+        wave.settled++;
         this.notify();
       } else {
-        drop();
+        drop(true);
       }
     });
     sock.write(request);
-  }
-
-  /** POST benchmark message `sequence`, round-robin over the servers. */
-  post(sequence) {
-    const [host, port] = this.addrs[sequence % this.addrs.length];
-    const sentNs = process.hrtime.bigint();
-    const started = Number(sentNs);
-    const text = JSON.stringify(messageText(sequence, sentNs));
-    const body = Buffer.from(`{"user": "bench", "text": ${text}}`); // json.dumps's separators
-    const head =
-      `POST /rooms/${this.room}/messages HTTP/1.1\r\nHost: ${host}:${port}\r\n` +
-      `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n` +
-      'Connection: close\r\n\r\n';
-    let response = '';
-    let finished = false;
-    this.postsInFlight++;
-    const sock = net.connect({ host, port });
-    /** The end: EOF, an error, or a complete response. */
-    const finish = (now) => {
-      if (finished) return;
-      finished = true;
-      sock.destroy();
-      this.postsInFlight--;
-      if (response.startsWith('HTTP/1.1 201')) {
-        this.postsOk++;
-        this.postLatenciesNs.push(now - started);
-      } else {
-        this.postsFailed++; // also a refused or timed-out connect
-      }
-      this.notify();
-    };
-    sock.setNoDelay(true);
-    sock.setTimeout(CONNECT_TIMEOUT_MS, () => sock.destroy());
-    sock.once('connect', () => sock.setTimeout(0));
-    sock.on('data', (chunk) => {
-      const now = hrNow();
-      response += chunk.toString('latin1');
-      if (responseComplete(response)) finish(now);
-    });
-    sock.on('error', () => {});
-    sock.on('end', () => finish(hrNow()));
-    sock.on('close', () => finish(hrNow()));
-    sock.write(Buffer.concat([Buffer.from(head), body]));
   }
 
   /** POST every message at `rate`/s, then wait for deliveries; [CPU s of servers, wall s]. */
   async send(rate, drainTimeout) {
     const cpu0 = serverCpuSeconds(this.pids);
     const start = hrNow();
-    await new Promise((resolve) => {
-      let sequence = 0;
-      // Message i is due at start + i/rate: a late timer catches up, it never shifts the schedule.
-      const tick = () => {
-        while (sequence < this.messages) {
-          const wait = start + (sequence * 1e9) / rate - hrNow();
-          if (wait > 0) {
-            setTimeout(tick, Math.ceil(wait / 1e6));
-            return;
-          }
-          this.post(sequence++);
-        }
-        resolve();
-      };
-      tick();
-    });
+    const poster = this.poster;
+    await poster.pace(rate, this.messages);
     const expected = this.subscribers.size;
     const deadline = hrNow() + drainTimeout * 1e9;
     await this.waitFor(
-      (late) =>
-        late || (this.postsInFlight === 0 && this.totals.deliveries >= expected * this.postsOk),
+      (late) => late || (poster.inFlight === 0 && this.totals.deliveries >= expected * poster.ok),
       deadline,
     );
     const wall = (hrNow() - start) / 1e9;
     return [serverCpuSeconds(this.pids) - cpu0, wall];
   }
 
+  /** Open `count` streams at once while a poster thread posts at `rate`/s, until every stream
+   * is settled (or `timeout` s); the poster's summary once its posts are answered (or
+   * `drainTimeout` s). */
+  async storm(count, rate, timeout, drainTimeout) {
+    const thread = new Worker(new URL(import.meta.url), {
+      workerData: {
+        addrs: this.addrs,
+        room: this.room,
+        protocolName: protocol.name,
+        connectTimeout: connectTimeoutMs / 1000,
+        rate,
+        drainTimeout,
+      },
+    });
+    const reply = () =>
+      new Promise((resolve, reject) => {
+        thread.once('message', resolve);
+        thread.once('error', reject);
+      });
+    await reply(); // 'ready'
+    const summary = reply();
+    thread.postMessage('start');
+    const wave = new Wave(true);
+    this.waves.push(wave);
+    this.openStreams(count, wave);
+    await this.settleWave(wave, wave.startNs + timeout * 1e9);
+    thread.postMessage('stop');
+    const posts = await summary;
+    await thread.terminate();
+    return posts;
+  }
+
+  /** Close `count` live streams, then open as many at once (the same clients coming back); the
+   * new wave, timed from its first connect, once settled (or `timeout` s). */
+  async reconnect(count, timeout) {
+    const leaving = [...this.subscribers.keys()].slice(0, count);
+    for (const sock of leaving) {
+      this.retired.add(sock);
+      sock.destroy();
+    }
+    const wave = new Wave(true);
+    this.waves.push(wave);
+    this.openStreams(leaving.length, wave);
+    await this.settleWave(wave, wave.startNs + timeout * 1e9);
+    return wave;
+  }
+
+  /** Errors over every wave: connect errors, answers other than 200, streams ended. */
+  errors() {
+    const statuses = {};
+    for (const wave of this.waves) {
+      for (const [status, n] of Object.entries(wave.statuses)) {
+        statuses[status] = (statuses[status] ?? 0) + n;
+      }
+    }
+    const sum = (field) => this.waves.reduce((total, wave) => total + wave[field], 0);
+    return {
+      connect_errors: sum('connectErrors'),
+      non_200: this.waves.reduce((total, wave) => total + wave.non200(), 0),
+      statuses,
+      ended: sum('ended'),
+    };
+  }
+
   close() {
     this.closing = true;
     for (const sock of this.subscribers.keys()) sock.destroy();
   }
+}
+
+function sleep(seconds) {
+  return new Promise((resolve) => setTimeout(resolve, seconds * 1000));
 }
 
 /** One benchmark run, as a JSON-ready object. */
@@ -446,54 +693,84 @@ async function run(args) {
     const streams = args.subscribers;
     process.stderr.write(`loadgen.mjs: open-file limit ${limit} is low for ${streams} streams\n`);
   }
-  const gen = new LoadGenerator(args.url, args.room, args.messages, args.pid, args.subscribers);
+  const messages = args.storm ? 0 : args.messages; // a storm's posts are not followed one by one
+  const expected = args.subscribers * messages;
+  const gen = new LoadGenerator(args.url, args.room, messages, args.pid, expected);
   const rssBefore = serverRssKib(args.pid);
-  await gen.openSubscribers(args.subscribers, args.open_timeout);
-  await new Promise((resolve) => setTimeout(resolve, args.settle * 1000));
-  const ready = gen.readyLive;
-  const rssIdle = serverRssKib(args.pid);
-  const result = {
-    subscribers: args.subscribers,
-    ready,
-    rss_before_kib: rssBefore,
-    rss_idle_kib: rssIdle,
-    kib_per_idle_connection: (rssIdle - rssBefore) / Math.max(1, ready),
-  };
-  if (args.messages) {
-    const usage0 = process.cpuUsage();
-    const [serverCpu, wall] = await gen.send(args.rate, args.drain_timeout);
-    const usage = process.cpuUsage(usage0);
+  const result = { subscribers: args.subscribers, rss_before_kib: rssBefore };
+  if (args.storm) {
+    const posts = await gen.storm(
+      args.subscribers,
+      args.rate,
+      args.open_timeout,
+      args.drain_timeout,
+    );
+    await sleep(args.settle);
+    const rssAfter = serverRssKib(args.pid);
     const totals = gen.totals;
-    const everyone = [...gen.subscribers.values(), ...gen.dropped];
-    const received = everyone.reduce((sum, sub) => sum + (sub.ready ? sub.received() : 0), 0);
-    const latencies = totals.sortedLatencies();
-    const span =
-      totals.deliveries > 1 ? Math.max(1, totals.lastNs - totals.firstNs) / 1e9 : 1;
-    const loadgenCpu = (usage.user + usage.system) / 1e6;
-    const posts = Float64Array.from(gen.postLatenciesNs).sort();
-    Object.assign(result, {
-      messages: args.messages,
-      posts_ok: gen.postsOk,
-      posts_failed: gen.postsFailed,
+    result.storm = {
+      ...posts,
+      rss_after_kib: rssAfter,
+      kib_per_stream: (rssAfter - rssBefore) / Math.max(1, args.subscribers),
       deliveries: totals.deliveries,
-      deliveries_per_s: totals.deliveries / span,
-      lost: ready * gen.postsOk - received,
-      duplicates: totals.duplicates,
-      order_violations: totals.orderViolations,
-      latency_ms: Object.fromEntries(
-        [['p50', 0.5], ['p95', 0.95], ['p99', 0.99], ['max', 1.0]].map(([name, q]) => [
-          name,
-          percentile(latencies, q) / 1e6,
-        ]),
-      ),
-      post_ms: { p50: percentile(posts, 0.5) / 1e6, p99: percentile(posts, 0.99) / 1e6 },
-      server_cpu_percent: (100 * serverCpu) / wall,
-      loadgen_cpu_percent: (100 * loadgenCpu) / wall,
-      rss_after_kib: serverRssKib(args.pid),
+      delivery_ms: msPercentiles(totals.latencies.subarray(0, totals.deliveries)),
+    };
+    result.ready = gen.readyLive;
+  } else {
+    await gen.open(args.subscribers, args.open_timeout, args.burst);
+    await sleep(args.settle);
+    const ready = gen.readyLive;
+    const rssIdle = serverRssKib(args.pid);
+    Object.assign(result, {
+      ready,
+      rss_idle_kib: rssIdle,
+      kib_per_idle_connection: (rssIdle - rssBefore) / Math.max(1, ready),
     });
+    if (args.reconnect) {
+      const wave = await gen.reconnect(args.reconnect, args.open_timeout);
+      await sleep(args.settle);
+      result.reconnect = {
+        ...wave.summary(),
+        rss_before_kib: rssIdle,
+        rss_after_kib: serverRssKib(args.pid),
+      };
+    }
+    if (args.messages) {
+      const usage0 = process.cpuUsage();
+      const [serverCpu, wall] = await gen.send(args.rate, args.drain_timeout);
+      const usage = process.cpuUsage(usage0);
+      const totals = gen.totals;
+      const everyone = [...gen.subscribers.values(), ...gen.dropped];
+      const received = everyone.reduce((sum, sub) => sum + (sub.ready ? sub.received() : 0), 0);
+      const latencies = totals.sortedLatencies();
+      const span =
+        totals.deliveries > 1 ? Math.max(1, totals.lastNs - totals.firstNs) / 1e9 : 1;
+      const loadgenCpu = (usage.user + usage.system) / 1e6;
+      Object.assign(result, {
+        messages: args.messages,
+        ...gen.poster.summary(),
+        deliveries: totals.deliveries,
+        deliveries_per_s: totals.deliveries / span,
+        lost: ready * gen.poster.ok - received,
+        duplicates: totals.duplicates,
+        order_violations: totals.orderViolations,
+        latency_ms: Object.fromEntries(
+          [['p50', 0.5], ['p95', 0.95], ['p99', 0.99], ['max', 1.0]].map(([name, q]) => [
+            name,
+            percentile(latencies, q) / 1e6,
+          ]),
+        ),
+        server_cpu_percent: (100 * serverCpu) / wall,
+        loadgen_cpu_percent: (100 * loadgenCpu) / wall,
+        rss_after_kib: serverRssKib(args.pid),
+      });
+    }
   }
-  result.connection_errors = gen.connectionErrors;
-  result.not_ready = args.subscribers - ready;
+  result.open = gen.waves[0].summary();
+  const errors = gen.errors();
+  Object.assign(result, errors);
+  result.connection_errors = errors.connect_errors + errors.non_200 + errors.ended;
+  result.not_ready = gen.waves[0].notReady;
   gen.close();
   return result;
 }
@@ -507,7 +784,13 @@ const USAGE = `usage: node bench/loadgen.mjs --url URL [--url URL ...] [options]
   --messages N           messages to post (default 0: hold idle connections only)
   --rate R               messages per second (default 50)
   --pid PID              server pid, for its CPU and RSS (repeat)
-  --settle S             seconds idle before sending (default 2)
+  --protocol P           sse-chat (also the Starlette peer) or nchan (default sse-chat)
+  --burst                open every stream at once, not in batches of ${OPEN_BATCH}
+  --storm                open every stream at once while posting at --rate until every stream
+                         is ready or failed; report that (implies --burst; --messages unused)
+  --reconnect K          after opening: close K streams and reopen K at once; report that
+  --settle S             seconds idle before sending or measuring RSS (default 2)
+  --connect-timeout S    a stream or POST connect slower than this fails (default 5)
   --open-timeout S       default 60
   --drain-timeout S      default 30
   -h, --help
@@ -543,7 +826,12 @@ function parseCommandLine(argv) {
         messages: string('0'),
         rate: string('50'),
         pid: string([], true),
+        protocol: string('sse-chat'),
+        burst: { type: 'boolean', default: false },
+        storm: { type: 'boolean', default: false },
+        reconnect: string('0'),
         settle: string('2'),
+        'connect-timeout': string('5'),
         'open-timeout': string('60'),
         'drain-timeout': string('30'),
         help: { type: 'boolean', short: 'h' },
@@ -558,6 +846,9 @@ function parseCommandLine(argv) {
     process.exit(0);
   }
   if (values.url.length === 0) usageError('--url is required');
+  if (!Object.hasOwn(PROTOCOLS, values.protocol)) {
+    usageError(`--protocol wants one of ${Object.keys(PROTOCOLS).join(', ')}`);
+  }
   values.url.forEach(address); // refuse other hosts before anything starts
   return {
     url: values.url,
@@ -566,12 +857,24 @@ function parseCommandLine(argv) {
     messages: number('messages', values.messages, true),
     rate: number('rate', values.rate, false, false),
     pid: values.pid.map((pid) => number('pid', pid, true, false)),
+    protocol: values.protocol,
+    burst: values.burst,
+    storm: values.storm,
+    reconnect: number('reconnect', values.reconnect, true),
     settle: number('settle', values.settle, false),
+    connect_timeout: number('connect-timeout', values['connect-timeout'], false, false),
     open_timeout: number('open-timeout', values['open-timeout'], false),
     drain_timeout: number('drain-timeout', values['drain-timeout'], false),
   };
 }
 
-const result = await run(parseCommandLine(process.argv.slice(2)));
-process.stdout.write(`${JSON.stringify(result)}\n`); // synchronous for files, pipes and terminals
-process.exit(0); // posts still in flight after a drain timeout are left unfinished
+if (isMainThread) {
+  const args = parseCommandLine(process.argv.slice(2));
+  protocol = PROTOCOLS[args.protocol];
+  connectTimeoutMs = args.connect_timeout * 1000;
+  const result = await run(args);
+  process.stdout.write(`${JSON.stringify(result)}\n`); // synchronous for files, pipes, terminals
+  process.exit(0); // posts still in flight after a drain timeout are left unfinished
+} else {
+  await posterThread(workerData);
+}
