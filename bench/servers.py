@@ -1,14 +1,20 @@
-"""The processes under test: a private redis-server, sse-chat replicas and the peer, on CPU 0."""
+"""The processes under test, on CPU 0: a private redis-server, sse-chat replicas, the Starlette
+peer and nginx + nchan."""
 
 from __future__ import annotations
 
 import http.client
 import os
+import re
+import shutil
+import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,18 +22,37 @@ BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent
 PROJECT_PYTHON = PROJECT / ".venv" / "bin" / "python"
 SERVER_CPU = "0"
+KINDS = ("sse-chat", "peer", "nchan")
+NGINX = Path("/usr/sbin/nginx")
+NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+NCHAN_PACKAGES = ("nginx", "libnginx-mod-nchan")
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
 
 @dataclass(frozen=True)
 class Server:
-    """A running server: its process and base URL."""
+    """A running server: its process, base URL, and the scratch directory it owns, if any."""
 
     process: subprocess.Popen[bytes]
     url: str
+    workdir: Path | None = None
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def pids(self) -> list[int]:
+        """Its process and their children (nginx's worker), for CPU and RSS."""
+        return [self.pid, *children(self.pid)]
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (none once it has exited)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
 
 
 def free_port() -> int:
@@ -72,17 +97,30 @@ def redis_command(port: int, *words: str) -> bytes:
         return sock.recv(65536)
 
 
-def wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float = 30.0) -> None:
-    """Wait for `GET /readyz` to answer 200."""
+# What each kind answers with 2xx once it can serve the benchmark: sse-chat and the peer their
+# readiness endpoint; nchan (no such endpoint) a published message, which went through Redis.
+READY_PROBE: dict[str, tuple[str, str, bytes | None]] = {
+    "sse-chat": ("GET", "/readyz", None),
+    "peer": ("GET", "/readyz", None),
+    "nchan": ("POST", "/rooms/bench-ready/messages", b'{"user": "bench", "text": "ready?"}'),
+}
+
+
+def wait_ready(
+    process: subprocess.Popen[bytes], url: str, kind: str = "sse-chat", timeout: float = 30.0
+) -> None:
+    """Wait until the kind's readiness probe answers 2xx."""
     port = int(url.rsplit(":", 1)[1])
+    method, path, body = READY_PROBE[kind]
+    headers = {"Content-Type": "application/json"} if body else {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{url} exited with {process.returncode}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/readyz")
-            if conn.getresponse().status == 200:
+            conn.request(method, path, body=body, headers=headers)
+            if conn.getresponse().status // 100 == 2:
                 conn.close()
                 return
             conn.close()
@@ -90,6 +128,30 @@ def wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float = 30.0
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+METRIC_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{.*\})?\s+(\S+)")
+
+
+def read_metrics(url: str, timeout: float = 10.0) -> dict[str, float]:
+    """`GET /metrics` (Prometheus text): each metric's samples summed over their labels."""
+    port = int(url.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        text = response.read().decode()
+        if response.status != 200:
+            raise OSError(f"GET /metrics answered {response.status}")
+    finally:
+        conn.close()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        sample = METRIC_SAMPLE.match(line)
+        if sample:
+            name, value = sample.groups()
+            values[name] = values.get(name, 0.0) + float(value)
+    return values
 
 
 @contextmanager
@@ -138,21 +200,94 @@ def start_peer(redis_port: int, python: str, logs: Path) -> Server:
     return Server(process, f"http://127.0.0.1:{port}")
 
 
+def install_nchan() -> None:
+    """Install nginx and its nchan module from Debian if either is missing (as root), with a
+    policy-rc.d that keeps the package from starting nginx's service; SystemExit if it cannot."""
+    if NGINX.exists() and NCHAN_MODULE.exists():
+        return
+    packages = " ".join(NCHAN_PACKAGES)
+    advice = f"apt-get install {packages}, or leave nchan out (--servers sse-chat,peer)"
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise SystemExit(f"the nchan peer needs {packages}: {advice}")
+    print(f"installing {packages} (apt-get)", file=sys.stderr, flush=True)
+    saved = POLICY_RC_D.read_bytes() if POLICY_RC_D.exists() else None
+    mode = POLICY_RC_D.stat().st_mode if saved is not None else 0o755
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        POLICY_RC_D.write_text("#!/bin/sh\n# bench/servers.py: start no service now\nexit 101\n")
+        POLICY_RC_D.chmod(0o755)
+        for command in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *NCHAN_PACKAGES],
+        ):
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(
+                    f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr.strip()}\n"
+                    f"the nchan peer needs {packages}: {advice}"
+                )
+    finally:
+        if saved is None:
+            POLICY_RC_D.unlink(missing_ok=True)
+        else:
+            POLICY_RC_D.write_bytes(saved)
+            POLICY_RC_D.chmod(mode)
+    if not (NGINX.exists() and NCHAN_MODULE.exists()):
+        raise SystemExit(f"installed {packages}, yet {NGINX} or {NCHAN_MODULE} is missing")
+
+
+def start_nchan(redis_port: int, logs: Path) -> Server:
+    """nginx + nchan from peers/nchan.conf.in, its prefix and temp files in a scratch directory."""
+    port = free_port()
+    prefix = Path(tempfile.mkdtemp(prefix="bench-nchan-"))
+    config = (BENCH / "peers" / "nchan.conf.in").read_text()
+    fields = {
+        "MODULE": str(NCHAN_MODULE),
+        "PREFIX": str(prefix),
+        "LOGS": str(logs.resolve()),
+        "PORT": str(port),
+        "REDIS_PORT": str(redis_port),
+    }
+    for name, value in fields.items():
+        config = config.replace(f"@{name}@", value)
+    (prefix / "nginx.conf").write_text(config)
+    command = [str(NGINX), "-p", f"{prefix}/", "-c", str(prefix / "nginx.conf")]
+    command += ["-e", str(logs.resolve() / "nchan-error.log")]  # before the config is read
+    process = spawn(pinned(command), logs / "nchan.log")
+    return Server(process, f"http://127.0.0.1:{port}", prefix)
+
+
+def stop_server(server: Server) -> None:
+    """Stop its process, then any child left behind (an nginx worker whose master was killed),
+    and remove its scratch directory."""
+    left = children(server.pid)
+    stop(server.process)
+    for pid in left:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if server.workdir:
+        shutil.rmtree(server.workdir, ignore_errors=True)
+
+
 @contextmanager
 def servers(
     kind: str, replicas: int, redis_port: int, python: str, logs: Path
 ) -> Iterator[list[Server]]:
-    """`replicas` fresh sse-chat processes, or one peer, ready; stopped on exit."""
+    """`replicas` fresh sse-chat processes, or one peer or nchan, ready; stopped on exit."""
     started: list[Server] = []
     try:
         if kind == "sse-chat":
             for index in range(replicas):
                 started.append(start_sse_chat(redis_port, f"bench{index}", logs))
-        else:
+        elif kind == "peer":
             started.append(start_peer(redis_port, python, logs))
+        elif kind == "nchan":
+            started.append(start_nchan(redis_port, logs))
+        else:
+            raise ValueError(f"unknown server kind {kind!r} (one of {', '.join(KINDS)})")
         for server in started:
-            wait_ready(server.process, server.url)
+            wait_ready(server.process, server.url, kind)
         yield started
     finally:
         for server in started:
-            stop(server.process)
+            stop_server(server)
