@@ -8,43 +8,116 @@ from pathlib import Path
 from typing import Any
 
 Record = dict[str, Any]
-SERVERS = ("sse-chat", "peer")
+Metric = tuple[str, Callable[[Record], float | None]]
+SERVERS = ("sse-chat", "peer", "nchan")  # the first is ours; a ratio column against each other
+MIB = 1024
 
-LOAD_METRICS: list[tuple[str, Callable[[Record], float]]] = [
+
+def _at(record: Record, *keys: str) -> float | None:
+    """record[k1][k2]..., or None where a key is missing or the value is null."""
+    value: Any = record
+    for key in keys:
+        if not isinstance(value, dict) or value.get(key) is None:
+            return None
+        value = value[key]
+    return float(value)
+
+
+def _burst(record: Record, *keys: str) -> float | None:
+    """A figure of the opening wave, only when it was a burst (a ramp's says little)."""
+    opening = record.get("open")
+    if not isinstance(opening, dict) or opening.get("mode") != "burst":
+        return None
+    return _at(opening, *keys)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else value * 1000
+
+
+ERRORS: list[Metric] = [
+    ("connect errors", lambda r: r["connect_errors"]),
+    ("non-200 answers", lambda r: r["non_200"]),
+    ("streams ended", lambda r: r["ended"]),
+    ("not ready", lambda r: r["not_ready"]),
+]
+BURST: list[Metric] = [
+    ("connects issued/s", lambda r: _burst(r, "issued_per_s")),
+    ("all ready s", lambda r: _burst(r, "all_ready_s")),
+    ("ready p50 ms", lambda r: _burst(r, "ready_ms", "p50")),
+    ("ready p99 ms", lambda r: _burst(r, "ready_ms", "p99")),
+]
+SSE_CHAT_METRICS: list[Metric] = [
+    ("backplane reconnects", lambda r: _at(r, "server_metrics", "backplane_reconnects")),
+    ("GC pause max ms", lambda r: _ms(_at(r, "server_metrics", "gc_pause_seconds_max"))),
+]
+LOAD_METRICS: list[Metric] = [
     ("deliveries/s", lambda r: r["deliveries_per_s"]),
-    ("latency p50 ms", lambda r: r["latency_ms"]["p50"]),
-    ("latency p95 ms", lambda r: r["latency_ms"]["p95"]),
-    ("latency p99 ms", lambda r: r["latency_ms"]["p99"]),
-    ("latency max ms", lambda r: r["latency_ms"]["max"]),
+    ("latency p50 ms", lambda r: _at(r, "latency_ms", "p50")),
+    ("latency p95 ms", lambda r: _at(r, "latency_ms", "p95")),
+    ("latency p99 ms", lambda r: _at(r, "latency_ms", "p99")),
+    ("latency max ms", lambda r: _at(r, "latency_ms", "max")),
     ("lost", lambda r: r["lost"]),
     ("duplicated", lambda r: r["duplicates"]),
     ("order violations", lambda r: r["order_violations"]),
-    ("connection errors", lambda r: r["connection_errors"] + r["not_ready"] + r["posts_failed"]),
-    ("POST p99 ms", lambda r: r["post_ms"]["p99"]),
+    *BURST,
+    *ERRORS,
+    ("POST failures", lambda r: r["posts_failed"]),
+    ("POST p99 ms", lambda r: _at(r, "post_ms", "p99")),
     ("server CPU %", lambda r: r["server_cpu_percent"]),
-    ("server RSS MiB", lambda r: r["rss_after_kib"] / 1024),
+    ("server RSS MiB", lambda r: r["rss_after_kib"] / MIB),
     ("loadgen CPU %", lambda r: r["loadgen_cpu_percent"]),
 ]
-IDLE_METRICS: list[tuple[str, Callable[[Record], float]]] = [
+IDLE_METRICS: list[Metric] = [
     ("KiB per idle connection", lambda r: r["kib_per_idle_connection"]),
-    ("server RSS MiB", lambda r: r["rss_idle_kib"] / 1024),
-    ("connection errors", lambda r: r["connection_errors"] + r["not_ready"]),
+    ("server RSS MiB", lambda r: r["rss_idle_kib"] / MIB),
+    *ERRORS,
+]
+STORM_METRICS: list[Metric] = [
+    *BURST,
+    ("ready max ms", lambda r: _burst(r, "ready_ms", "max")),
+    *ERRORS,
+    ("KiB per stream", lambda r: r["storm"]["kib_per_stream"]),
+    ("server RSS MiB", lambda r: r["storm"]["rss_after_kib"] / MIB),
+    ("POSTs ok", lambda r: r["storm"]["posts_ok"]),
+    ("POST failures", lambda r: r["storm"]["posts_failed"]),
+    ("POST p50 ms", lambda r: _at(r, "storm", "post_ms", "p50")),
+    ("POST p99 ms", lambda r: _at(r, "storm", "post_ms", "p99")),
+    *SSE_CHAT_METRICS,
+]
+RECONNECT_METRICS: list[Metric] = [
+    ("KiB per idle connection", lambda r: r["kib_per_idle_connection"]),
+    ("RSS after open MiB", lambda r: r["rss_idle_kib"] / MIB),
+    ("RSS after reconnect MiB", lambda r: r["reconnect"]["rss_after_kib"] / MIB),
+    ("reconnects issued/s", lambda r: r["reconnect"]["issued_per_s"]),
+    ("reconnect all ready s", lambda r: r["reconnect"]["all_ready_s"]),
+    ("reconnect ready p99 ms", lambda r: _at(r, "reconnect", "ready_ms", "p99")),
+    *ERRORS,
+    ("not ready after reconnect", lambda r: r["reconnect"]["not_ready"]),
+    *SSE_CHAT_METRICS,
 ]
 
 
-def metrics_for(records: list[Record]) -> list[tuple[str, Callable[[Record], float]]]:
-    return LOAD_METRICS if "deliveries_per_s" in records[0] else IDLE_METRICS
+def metrics_for(records: list[Record]) -> list[Metric]:
+    """The rows for a scenario, by the shape of its results."""
+    first = records[0]
+    if "storm" in first:
+        return STORM_METRICS
+    if "reconnect" in first:
+        return RECONNECT_METRICS
+    return LOAD_METRICS if "deliveries_per_s" in first else IDLE_METRICS
 
 
 def summarise(runs: list[Record]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-    """scenario -> metric -> server -> {median, min, max, n}."""
+    """scenario -> metric -> server -> {median, min, max, n}; a metric no server has is left out."""
     summary: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for scenario in dict.fromkeys(run["scenario"] for run in runs):
         mine = [run for run in runs if run["scenario"] == scenario]
         for name, metric in metrics_for([run["result"] for run in mine]):
-            row = summary.setdefault(scenario, {}).setdefault(name, {})
+            row: dict[str, dict[str, float]] = {}
             for server in SERVERS:
-                values = [metric(run["result"]) for run in mine if run["server"] == server]
+                measured = [metric(run["result"]) for run in mine if run["server"] == server]
+                values = [value for value in measured if value is not None]
                 if values:
                     row[server] = {
                         "median": statistics.median(values),
@@ -52,6 +125,8 @@ def summarise(runs: list[Record]) -> dict[str, dict[str, dict[str, dict[str, flo
                         "max": max(values),
                         "n": len(values),
                     }
+            if row:
+                summary.setdefault(scenario, {})[name] = row
     return summary
 
 
@@ -65,18 +140,31 @@ def _cell(stats: dict[str, float] | None) -> str:
     return text
 
 
+def _ratio(ours: dict[str, float] | None, theirs: dict[str, float] | None) -> str:
+    if ours and theirs and theirs["median"]:
+        return f"{ours['median'] / theirs['median']:.2f}"
+    return "-"
+
+
+def servers_in(summary: dict[str, Any]) -> list[str]:
+    """The servers that have a figure anywhere in `summary`, in SERVERS order."""
+    present = {server for metrics in summary.values() for row in metrics.values() for server in row}
+    return [server for server in SERVERS if server in present]
+
+
 def table(summary: dict[str, Any], titles: dict[str, str]) -> str:
-    """The side-by-side table: median [min-max] per server and the sse-chat/peer ratio."""
-    header = ("scenario", "metric", "sse-chat", "peer", "sse-chat/peer")
+    """The side-by-side table: median [min-max] per server and sse-chat / each other's median."""
+    ours, *others = SERVERS
+    shown = servers_in(summary)
+    versus = [other for other in others if other in shown and ours in shown]
+    header = ("scenario", "metric", *shown, *(f"{ours}/{other}" for other in versus))
     rows: list[tuple[str, ...]] = [header]
     for scenario, metrics in summary.items():
         for index, (name, row) in enumerate(metrics.items()):
-            ours, peer = row.get("sse-chat"), row.get("peer")
-            ratio = "-"
-            if ours and peer and peer["median"]:
-                ratio = f"{ours['median'] / peer['median']:.2f}"
             label = titles.get(scenario, scenario) if index == 0 else ""
-            rows.append((label, name, _cell(ours), _cell(peer), ratio))
+            cells = [_cell(row.get(server)) for server in shown]
+            ratios = [_ratio(row.get(ours), row.get(other)) for other in versus]
+            rows.append((label, name, *cells, *ratios))
     widths = [max(len(row[col]) for row in rows) for col in range(len(header))]
     lines = [
         " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
@@ -86,28 +174,33 @@ def table(summary: dict[str, Any], titles: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: dict[str, Any], path: Path) -> None:
-    """Latency percentiles and deliveries/s per load scenario, both servers, as a PNG."""
+def plot(summary: dict[str, Any], path: Path) -> bool:
+    """Latency percentiles and deliveries/s per load scenario, every server, as a PNG; False
+    (nothing written) when no scenario posted messages."""
+    scenarios = [name for name, metrics in summary.items() if "deliveries/s" in metrics]
+    if not scenarios:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scenarios = [name for name, metrics in summary.items() if "deliveries/s" in metrics]
+    shown = servers_in(summary)
     figure, (latency, rate) = plt.subplots(1, 2, figsize=(12, 4.5))
-    width = 0.12
-    for offset, server in enumerate(SERVERS):
+    bars = 3 * len(shown)
+    width = 0.8 / max(1, bars)
+    for offset, server in enumerate(shown):
         for step, percentile in enumerate(("p50", "p95", "p99")):
             values = [
-                summary[s][f"latency {percentile} ms"].get(server, {}).get("median", 0)
+                summary[s].get(f"latency {percentile} ms", {}).get(server, {}).get("median", 0)
                 for s in scenarios
             ]
-            x = [i + (offset * 3 + step - 2.5) * width for i in range(len(scenarios))]
+            x = [i + (offset * 3 + step - (bars - 1) / 2) * width for i in range(len(scenarios))]
             latency.bar(x, values, width, label=f"{server} {percentile}")
         values = [summary[s]["deliveries/s"].get(server, {}).get("median", 0) for s in scenarios]
-        rate.bar(
-            [i + (offset - 0.5) * 0.35 for i in range(len(scenarios))], values, 0.35, label=server
-        )
+        span = 0.8 / max(1, len(shown))
+        x = [i + (offset - (len(shown) - 1) / 2) * span for i in range(len(scenarios))]
+        rate.bar(x, values, span, label=server)
     for axes, title in ((latency, "end-to-end latency (ms, log)"), (rate, "deliveries/s")):
         axes.set_xticks(range(len(scenarios)), scenarios)
         axes.set_title(title)
@@ -116,3 +209,4 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return True
