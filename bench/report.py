@@ -109,10 +109,26 @@ def metrics_for(records: list[Record]) -> list[Metric]:
 
 
 def summarise(runs: list[Record]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-    """scenario -> metric -> server -> {median, min, max, n}; a metric no server has is left out."""
+    """scenario -> metric -> server -> {median, min, max, n}; a metric no server has is left out.
+
+    A run whose server died counts in the row `server died (runs)`, and nowhere else."""
     summary: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for scenario in dict.fromkeys(run["scenario"] for run in runs):
         mine = [run for run in runs if run["scenario"] == scenario]
+        died = [run for run in mine if run.get("server_exited")]
+        if died:
+            summary[scenario] = {"server died (runs)": {}}
+            for server in dict.fromkeys(run["server"] for run in mine):
+                n = float(sum(run["server"] == server for run in died))
+                summary[scenario]["server died (runs)"][server] = {
+                    "median": n,
+                    "min": n,
+                    "max": n,
+                    "n": 1,
+                }
+        mine = [run for run in mine if not run.get("server_exited")]
+        if not mine:
+            continue
         for name, metric in metrics_for([run["result"] for run in mine]):
             row: dict[str, dict[str, float]] = {}
             for server in SERVERS:

@@ -226,9 +226,16 @@ def run_one(
             if spy:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
-        if server == "sse-chat":
+        # A server that died during the run leaves figures that mean nothing (an RSS of 0).
+        exited = [code for s in running if (code := s.process.poll()) is not None]
+        if exited:
+            print(f"{server} exited ({exited}) during the run: see {logs}", file=sys.stderr)
+        elif server == "sse-chat":
             result["server_metrics"] = metrics_change(before, sse_chat_metrics(urls))
-    return {"scenario": scenario.name, "server": server, "busy_before": busy, "result": result}
+    run = {"scenario": scenario.name, "server": server, "busy_before": busy, "result": result}
+    if exited:
+        run["server_exited"] = exited
+    return run
 
 
 def main() -> None:
