@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import trio
 
 from ..integration.redis_server import RedisServer
-from .processes import HAProxy, ReplicaProcess, replica_env
+from .processes import Balancing, HAProxy, ReplicaProcess, replica_env
 
 REPLICAS = 3
 
@@ -35,16 +36,24 @@ class Cluster:
         return "\n".join(process.log_tail() for process in [*self.replicas, self.haproxy])
 
 
-@pytest.fixture
-async def cluster(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Cluster]:
-    """Redis (AOF, fsync always), 3 replicas on it and HAProxy in front; all ended afterwards."""
+@asynccontextmanager
+async def open_cluster(
+    nursery: trio.Nursery,
+    directory: Path,
+    settings: Mapping[str, str] | None = None,
+    balancing: Balancing | None = None,
+) -> AsyncIterator[Cluster]:
+    """Redis (AOF, fsync always), 3 replicas on it and HAProxy in front; all ended afterwards.
+
+    `settings` are extra `SSE_CHAT_*` variables of every replica.
+    """
     redis = RedisServer(
-        nursery, tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always"
+        nursery, directory / "redis", "--appendonly", "yes", "--appendfsync", "always"
     )
-    cluster = Cluster(redis=redis, haproxy=HAProxy(nursery, tmp_path / "haproxy"))
+    cluster = Cluster(redis=redis, haproxy=HAProxy(nursery, directory / "haproxy", balancing))
     try:
         await redis.start()
-        env = replica_env(redis.url)
+        env = replica_env(redis.url) | dict(settings or {})
         for n in range(1, REPLICAS + 1):
             replica = ReplicaProcess(nursery, f"r{n}", env)
             cluster.replicas.append(replica)
@@ -56,3 +65,10 @@ async def cluster(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Cluste
             for process in [cluster.haproxy, *cluster.replicas]:
                 await process.kill_if_running()
             await redis.kill()
+
+
+@pytest.fixture
+async def cluster(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Cluster]:
+    """The default cluster: 3 replicas on one Redis behind HAProxy."""
+    async with open_cluster(nursery, tmp_path) as cluster:
+        yield cluster

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -97,12 +98,31 @@ class ReplicaProcess(OwnedProcess):
         return await self.end(signal.SIGKILL)
 
 
-def haproxy_config(port: int, stats_port: int, replicas: list[ReplicaProcess]) -> str:
+@dataclass(frozen=True)
+class Balancing:
+    """HAProxy's capacity and how strictly its health checks judge a replica."""
+
+    # Client connections; HAProxy asks for two descriptors for each (the server side too), so
+    # it must stay under half the RLIMIT_NOFILE it can raise itself to.
+    maxconn: int = 2000
+    # A /readyz answer later than this is a failed check (None: the 100 ms check interval
+    # bounds it); `fall` failed checks in a row take the replica out of service. The defaults
+    # react at once; a replica busy with thousands of streams needs slack.
+    check_timeout_ms: int | None = None
+    fall: int = 1
+
+
+def haproxy_config(
+    port: int, stats_port: int, replicas: list[ReplicaProcess], balancing: Balancing | None = None
+) -> str:
     """Round-robin over the replicas, health-checked on /readyz, standing in for swarm's mesh."""
+    balancing = balancing or Balancing()
+    timeout = balancing.check_timeout_ms
+    check_timeout = f"    timeout check {timeout}ms\n" if timeout is not None else ""
     servers = "".join(f"    server {r.replica_id} 127.0.0.1:{r.port}\n" for r in replicas)
     return (
         "global\n"
-        "    maxconn 2000\n"
+        f"    maxconn {balancing.maxconn}\n"
         "    log stdout format raw local0\n"
         "defaults\n"
         "    mode http\n"
@@ -131,7 +151,9 @@ def haproxy_config(port: int, stats_port: int, replicas: list[ReplicaProcess]) -
         "    balance roundrobin\n"
         "    option httpchk GET /readyz\n"
         "    http-check expect status 200\n"
-        "    default-server check inter 100ms fastinter 100ms downinter 100ms rise 1 fall 1\n"
+        f"{check_timeout}"
+        "    default-server check inter 100ms fastinter 100ms downinter 100ms rise 1"
+        f" fall {balancing.fall}\n"
         f"{servers}"
         "listen stats\n"
         f"    bind 127.0.0.1:{stats_port}\n"
@@ -143,9 +165,12 @@ def haproxy_config(port: int, stats_port: int, replicas: list[ReplicaProcess]) -
 class HAProxy(OwnedProcess):
     """A real haproxy (`haproxy -db`, in the foreground) with a generated configuration."""
 
-    def __init__(self, nursery: trio.Nursery, directory: Path) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, directory: Path, balancing: Balancing | None = None
+    ) -> None:
         super().__init__(nursery, "haproxy")
         self.directory = directory
+        self.balancing = balancing
         self.port = free_port()
         self.stats_port = free_port()
 
@@ -156,19 +181,23 @@ class HAProxy(OwnedProcess):
     async def start(self, replicas: list[ReplicaProcess]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "haproxy.cfg"
-        config.write_text(haproxy_config(self.port, self.stats_port, replicas))
+        config.write_text(haproxy_config(self.port, self.stats_port, replicas, self.balancing))
         await self._launch(["haproxy", "-db", "-f", str(config)])
         await self.wait_until_up([replica.replica_id for replica in replicas])
 
-    async def server_states(self) -> dict[str, str]:
-        """Each server's status as HAProxy sees it (UP, DOWN, ...), from its stats page."""
+    async def stats(self) -> dict[str, dict[str, str]]:
+        """The stats page's row of each server and of the backend ("BACKEND"), by name."""
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
             response = await client.get(f"http://127.0.0.1:{self.stats_port}/stats;csv")
         rows = csv.DictReader(io.StringIO(response.text.lstrip("# ")))
+        return {row["svname"]: row for row in rows if row["pxname"] == "replicas"}
+
+    async def server_states(self) -> dict[str, str]:
+        """Each server's status as HAProxy sees it (UP, DOWN, ...), from its stats page."""
         return {
-            row["svname"]: row["status"]
-            for row in rows
-            if row["pxname"] == "replicas" and row["svname"] not in ("FRONTEND", "BACKEND")
+            name: row["status"]
+            for name, row in (await self.stats()).items()
+            if name not in ("FRONTEND", "BACKEND")
         }
 
     async def wait_until_up(self, names: list[str]) -> None:
