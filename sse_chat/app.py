@@ -17,7 +17,7 @@ from quart import Response, jsonify, request, send_file
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from .api import register_routes
+from .api import api
 from .config import Settings
 from .errors import HTTP_ERROR_CODES, ApiError
 from .replica import Replica
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> ChatApp:
     app.replica = replica = Replica(settings)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep a message's field order
-    register_routes(app, replica)
+    app.register_blueprint(api)
 
     @app.get("/")
     async def index() -> Response:

@@ -11,6 +11,11 @@ from typing import Any
 
 from .messages import Limits
 from .ratelimit import Network, parse_networks
+from .tokens import VerificationKey
+
+MIN_SECRET_BYTES = 32  # RFC 7518: an HS256 key at least as long as the hash
+_JWT_ALGORITHMS = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384",
+                   "ES512", "PS256", "PS384", "PS512", "EdDSA"}  # fmt: skip
 
 ENV_PREFIX = "SSE_CHAT_"
 
@@ -51,8 +56,12 @@ class Settings:
     max_streams: int = field(default_factory=lambda: default_max_streams())
     listen_backlog: int = 4096  # the kernel caps it at net.core.somaxconn
     max_streams_per_client: int = 50  # open streams of one client address on one replica
-    post_token: str = ""  # set: POSTs need `Authorization: Bearer <this>`
-    signing_key_file: str = ""  # set: POSTs may use per-user tokens signed with this key
+    auth: str = "off"  # off | post (POSTs need a token) | all (every room request needs one)
+    private_rooms: str = ""  # comma-separated names or `prefix-*`: need a token that grants them
+    jwt_key_file: str = ""  # comma-separated files: a shared secret (HS256) or PEM public keys
+    jwt_algorithms: str = "HS256"  # comma-separated; `none` is never accepted
+    jwt_audience: str = ""  # set: tokens must carry this `aud`
+    jwt_issuer: str = ""  # set: tokens must carry this `iss`
     cors_origins: str = ""  # comma-separated exact origins allowed cross-origin; empty: none
     cors_allow_credentials: bool = False
     trusted_proxies: str = ""  # addresses/networks whose X-Forwarded-For is believed
@@ -83,6 +92,20 @@ class Settings:
         _check(self.post_rate_limit >= 0, "post_rate_limit", "must not be negative")
         _check(self.post_rate_window_seconds >= 1, "post_rate_window_seconds", "must be >= 1")
         _check("*" not in self.cors_origins, "cors_origins", "must list exact origins, not *")
+        _check(self.auth in ("off", "post", "all"), "auth", "must be off, post or all")
+        algorithms = [name.strip() for name in self.jwt_algorithms.split(",") if name.strip()]
+        _check(bool(algorithms), "jwt_algorithms", "must name at least one algorithm")
+        _check(
+            all(name in _JWT_ALGORITHMS for name in algorithms),
+            "jwt_algorithms",
+            f"must be among {', '.join(sorted(_JWT_ALGORITHMS))} (never none)",
+        )
+        needs_keys = self.auth != "off" or bool(self.private_rooms.strip())
+        _check(
+            bool(self.jwt_key_file.strip()) or not needs_keys,
+            "jwt_key_file",
+            "must name a key file when SSE_CHAT_AUTH is not off or rooms are private",
+        )
         try:
             parse_networks(self.trusted_proxies)
         except ValueError as bad:
@@ -100,15 +123,25 @@ class Settings:
             raise ConfigError(f"{ENV_PREFIX}REDIS_PASSWORD_FILE: cannot read it: {error}") from None
 
     @property
-    def signing_key(self) -> bytes:
-        """The key read from `signing_key_file` (a Docker secret), or empty."""
-        if not self.signing_key_file:
-            return b""
-        try:
-            with open(self.signing_key_file, "rb") as secret:
-                return secret.read().strip()
-        except OSError as error:
-            raise ConfigError(f"{ENV_PREFIX}SIGNING_KEY_FILE: cannot read it: {error}") from None
+    def jwt_keys(self) -> list[VerificationKey]:
+        """The keys read from `jwt_key_file` (comma-separated files, e.g. Docker secrets)."""
+        keys = []
+        for path in (part.strip() for part in self.jwt_key_file.split(",")):
+            if not path:
+                continue
+            try:
+                with open(path, "rb") as secret:
+                    key = VerificationKey.from_file_content(secret.read())
+            except OSError as error:
+                message = f"{ENV_PREFIX}JWT_KEY_FILE: cannot read {path}: {error}"
+                raise ConfigError(message) from None
+            if key.secret is not None and len(key.secret) < MIN_SECRET_BYTES:
+                raise ConfigError(
+                    f"{ENV_PREFIX}JWT_KEY_FILE: the secret in {path} is {len(key.secret)} bytes;"
+                    f" use at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)"
+                )
+            keys.append(key)
+        return keys
 
     @property
     def trusted_networks(self) -> tuple[Network, ...]:

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import h11
 import trio
 
+from .access import credentials_from
 from .direct import LAST_CHUNK, SocketWriter, chunk
 from .errors import ApiError
 from .messages import DEFAULT_ROOM
@@ -136,11 +137,13 @@ async def serve_stream(
         peer: Any = sock.getpeername()
         request = read_stream_request(
             replica.settings,
+            replica.access,
             room,
             query,
             last_event_id=headers.get("last-event-id"),
             forwarded_for=headers.get("x-forwarded-for"),
             remote_addr=str(peer[0]),
+            credentials=credentials_from(headers, query),
         )
     except (ApiError, OSError):
         return False  # the Quart route refuses it, with the same rules, in its own words

@@ -16,7 +16,10 @@ the last chunk before the socket closes; a cut or broken one is closed at once.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import math
 import os
 import select
 
@@ -24,7 +27,7 @@ import trio
 
 from . import sse
 from .direct import KEEPALIVE_CHUNK, LAST_CHUNK, SocketWriter, chunk
-from .stream import OpenStream, drain_frame
+from .stream import OpenStream, drain_frame, expired_frame
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,10 @@ class StreamKeeper:
         self._epoll: select.epoll | None = None
         self._wakeup = -1  # an eventfd in the epoll: `writer_changed` rings it
         self._stopping = False
+        # (deadline, serial, fd, stream) of streams whose token expires: they end then.
+        self._expiring: list[tuple[float, int, int, OpenStream]] = []
+        self._serial = itertools.count()
+        self._expiring_changed = trio.Event()
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -59,6 +66,10 @@ class StreamKeeper:
             return False
         fd = writer.socket.fileno()
         self._streams[fd] = stream
+        deadline = stream.deadline
+        if deadline is not None:
+            heapq.heappush(self._expiring, (deadline, next(self._serial), fd, stream))
+            self._expiring_changed.set()
         self._epoll.register(fd, _WATCH | (select.EPOLLOUT if writer.pending else 0))
         self._look_at(fd)
         return True
@@ -81,6 +92,7 @@ class StreamKeeper:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._send_keepalives)
+                    nursery.start_soon(self._end_expired)
                     task_status.started()
                     while not (self._stopping and not self._streams):
                         await trio.lowlevel.wait_readable(epoll.fileno())
@@ -170,6 +182,19 @@ class StreamKeeper:
             stream.replica.metrics.slow_clients_cut.inc()
         stream.release()
         writer.socket.close()
+
+    async def _end_expired(self) -> None:
+        """End each stream whose token expired (a reconnect then needs a new token)."""
+        while True:
+            first = self._expiring[0][0] if self._expiring else math.inf
+            with trio.move_on_at(first):
+                self._expiring_changed = trio.Event()
+                await self._expiring_changed.wait()  # a sooner one may come
+            now = trio.current_time()
+            while self._expiring and self._expiring[0][0] <= now:
+                _, _, fd, stream = heapq.heappop(self._expiring)
+                if self._streams.get(fd) is stream and fd not in self._ending:
+                    self._end(fd, expired_frame(stream.replica))
 
     async def _send_keepalives(self) -> None:
         """After each quiet interval, a keepalive to every stream that got nothing in it."""

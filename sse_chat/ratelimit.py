@@ -21,12 +21,13 @@ def client_address(remote: str, forwarded_for: str | None, trusted: tuple[Networ
     if forwarded_for:
         hops = [hop.strip() for hop in forwarded_for.split(",")] + hops
     for hop in reversed(hops):
-        if not _is_trusted(hop, trusted):
+        if not is_trusted(hop, trusted):
             return hop
     return hops[0]
 
 
-def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+def is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    """True when `address` is in one of the `trusted` networks."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

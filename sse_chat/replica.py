@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from .access import Access
 from .backplane import Backplane, MemoryBackplane
 from .backplane.redis import RedisBackplane, parse_redis_url
 from .config import ConfigError, Settings
 from .hub import Hub
 from .keeper import StreamKeeper
 from .metrics import Metrics
+from .openapi import openapi_document
 from .slots import StreamSlots
 
 
@@ -21,6 +23,8 @@ class Replica:
         self.keeper = StreamKeeper(settings.keepalive_seconds, settings.retry_ms)
         self.backplane: Backplane = backplane or self._default_backplane()
         self.draining = False
+        self.access = Access.from_settings(settings)
+        self.openapi = openapi_document(settings)
         self.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
         backplane = self.backplane
         self.metrics.watch_backplane(lambda: backplane.connected, lambda: backplane.reconnects)

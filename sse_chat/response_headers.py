@@ -35,8 +35,11 @@ def cors_headers(settings: Settings, origin: str | None, preflight: bool) -> lis
         headers.append(("Access-Control-Allow-Credentials", "true"))
     if preflight:
         headers += [
-            ("Access-Control-Allow-Methods", "GET, POST"),
-            ("Access-Control-Allow-Headers", "Content-Type, Last-Event-ID"),
+            ("Access-Control-Allow-Methods", "GET, POST, DELETE"),
+            (
+                "Access-Control-Allow-Headers",
+                "Content-Type, Last-Event-ID, Authorization, Idempotency-Key",
+            ),
             ("Access-Control-Max-Age", "600"),
         ]
     return headers

@@ -9,7 +9,9 @@ replica's keeper, which holds it without a task of its own (`keeper`).
 from __future__ import annotations
 
 import contextlib
+import math
 import random
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -42,6 +44,15 @@ def drain_frame(replica: Replica) -> bytes:
     )
 
 
+def expired_frame(replica: Replica) -> bytes:
+    """What a stream sends when its token expires: reconnect with a new token."""
+    return sse.unavailable_frame(
+        "token_expired",
+        "the token has expired; reconnect with a new one",
+        replica.settings.retry_ms,
+    )
+
+
 class OpenStream:
     """An admitted stream: its slot, its subscriber and its presence, released once."""
 
@@ -56,6 +67,12 @@ class OpenStream:
         if request.user:
             replica.backplane.mark_present(request.room, request.user)
         replica.metrics.streams_open.inc()
+
+    @property
+    def deadline(self) -> float | None:
+        """When (trio clock) the stream must end because its token expires, if it has one."""
+        expires = self.request.expires
+        return None if expires is None else trio.current_time() + (expires - time.time())
 
     def release(self) -> None:
         """Give back the slot, the subscription and the presence (at most once)."""
@@ -152,6 +169,7 @@ async def event_stream(
     """
     replica, subscriber = stream.replica, stream.subscriber
     metrics, settings = replica.metrics, replica.settings
+    deadline = stream.deadline or math.inf  # its token's expiry
     try:
         async for frames in opening(stream):
             yield frames  # the first one sends the headers too
@@ -159,16 +177,18 @@ async def event_stream(
             watcher = TaskWatcher()
             stream.writer = writer = SocketWriter(socket, settings.client_buffer_bytes, watcher)
             subscriber.attach(writer)
-            await _follow_directly(subscriber, writer, watcher, settings.keepalive_seconds)
+            with trio.move_on_at(deadline) as expiry:
+                await _follow_directly(subscriber, writer, watcher, settings.keepalive_seconds)
             if subscriber.overflowed:
                 metrics.slow_clients_cut.inc()
             elif writer.ok:  # closed, not cut off: reconnect soon (to another replica)
-                writer.write(chunk(drain_frame(replica)))
+                ending = expired_frame(replica) if expiry.cancelled_caught else drain_frame(replica)
+                writer.write(chunk(ending))
                 await writer.flush()
             return
         while True:
             batch = None
-            with trio.move_on_after(settings.keepalive_seconds):
+            with trio.move_on_at(min(deadline, trio.current_time() + settings.keepalive_seconds)):
                 try:
                     batch = await subscriber.receive_batch()
                 except SubscriptionEnded as ended:
@@ -177,6 +197,9 @@ async def event_stream(
                         return
                     break
             if batch is None:
+                if trio.current_time() >= deadline:
+                    yield expired_frame(replica)
+                    return
                 yield sse.KEEPALIVE_FRAME
                 continue
             if batch:

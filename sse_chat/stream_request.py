@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .access import Access, Credentials
 from .config import Settings
 from .errors import ApiError
 from .ids import MessageId
@@ -25,6 +26,7 @@ class StreamRequest:
     after: MessageId | None  # resume after this id (Last-Event-ID), else start live
     user: str | None  # shown present in the room while the stream is open
     client: str  # the client's address, for the per-client cap
+    expires: float | None = None  # Unix time its token expires: the stream ends then
 
 
 def require_room(room: str) -> None:
@@ -50,16 +52,19 @@ def parse_last_event_id(header: str | None, query: str | None) -> MessageId | No
 
 def read_stream_request(
     settings: Settings,
+    access: Access,
     room: str,
     args: Mapping[str, str],
     *,
     last_event_id: str | None,
     forwarded_for: str | None,
     remote_addr: str,
+    credentials: Credentials,
 ) -> StreamRequest:
     """Check a stream request: `args` is its query (first values), the rest its headers
     (`Last-Event-ID`, `X-Forwarded-For`) and the connection's peer address."""
     require_room(room)
+    grant = access.authorize([room], "read", credentials)
     after = parse_last_event_id(last_event_id, args.get("lastEventId"))
     user = args.get("user")
     if user is not None:
@@ -68,4 +73,5 @@ def read_stream_request(
         except InvalidMessage as invalid:
             raise ApiError(422, "invalid_user", str(invalid), field="user") from None
     client = client_address(remote_addr, forwarded_for, settings.trusted_networks)
-    return StreamRequest(room=room, after=after, user=user, client=client)
+    expires = grant.expires if grant is not None else None
+    return StreamRequest(room=room, after=after, user=user, client=client, expires=expires)

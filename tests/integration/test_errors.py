@@ -42,8 +42,8 @@ REFUSED_POSTS: list[tuple[str, str, dict[str, str], bytes, int, str]] = [
      "invalid_message"),
     ("control character", "/messages", JSON, b'{"user":"a","text":"bell\\u0007"}', 422,
      "invalid_message"),
-    ("lone surrogate", "/messages", JSON, b'{"user":"a","text":"\\ud800"}', 422,
-     "invalid_message"),
+    ("lone surrogate", "/messages", JSON, b'{"user":"a","text":"\\ud800"}', 400,
+     "malformed_json"),
 ]  # fmt: skip
 
 

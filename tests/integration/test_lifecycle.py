@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 
-import pytest
 import trio
 import trio.testing
 
@@ -120,7 +120,8 @@ async def test_a_client_that_never_reads_is_disconnected_after_the_send_timeout(
     # The kernel gives up on the connection once nothing was acknowledged for 0.5 s; the
     # server then drops the stream.
     await wait_until(lambda: hub.subscriber_count() == 0)
-    with pytest.raises(trio.BrokenResourceError):
+    # Its connection is over: the server cut it (its buffer overflowed) or the kernel did.
+    with trio.fail_after(TIMEOUT), contextlib.suppress(trio.BrokenResourceError):
         while await silent.receive_some(65536):
             pass
     await silent.aclose()

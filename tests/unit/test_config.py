@@ -121,3 +121,28 @@ def test_the_stream_cap_defaults_to_the_open_file_limit_less_a_reserve() -> None
     settings = Settings()
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert settings.max_streams == max(100, soft - 1000)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"auth": "maybe"}, "SSE_CHAT_AUTH"),
+        ({"auth": "post"}, "SSE_CHAT_JWT_KEY_FILE"),  # a policy that needs tokens needs keys
+        ({"private_rooms": "team-*"}, "SSE_CHAT_JWT_KEY_FILE"),
+        ({"jwt_algorithms": "none"}, "SSE_CHAT_JWT_ALGORITHMS"),
+        ({"jwt_algorithms": "HS256,none"}, "SSE_CHAT_JWT_ALGORITHMS"),
+        ({"jwt_algorithms": ""}, "SSE_CHAT_JWT_ALGORITHMS"),
+    ],
+)
+def test_an_auth_setting_that_cannot_work_is_refused_naming_it(
+    overrides: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings(**overrides)  # type: ignore[arg-type]
+
+
+def test_a_short_shared_secret_is_refused(tmp_path: pytest.TempPathFactory) -> None:
+    key = tmp_path / "key"  # type: ignore[operator]
+    key.write_bytes(b"short\n")
+    with pytest.raises(ConfigError, match="at least 32"):
+        Settings(auth="post", jwt_key_file=str(key)).jwt_keys  # noqa: B018
