@@ -34,8 +34,23 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "text": {"type": "string", "minLength": 1, "maxLength": limits.max_text},
         },
     }
+    # A token is needed only where the replica is configured to need one.
+    secured: list[dict[str, list[str]]] = [{"bearer": []}, {"cookie": []}, {}]
+    auth_errors = {
+        "401": _error_response("A token is needed here and is missing, malformed or expired"),
+        "403": _error_response("The token does not open this room"),
+    }
     post = {
         "summary": "Post a message",
+        "security": secured,
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                "description": "Retries with the same key store the message once",
+            }
+        ],
         "requestBody": {
             "required": True,
             "content": {
@@ -51,8 +66,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 },
             },
             "400": _error_response("Malformed body"),
-            "401": _error_response("Posting needs a valid token"),
-            "403": _error_response("The token posts as another user"),
+            "401": auth_errors["401"],
+            "403": _error_response("The token posts as another user, or does not open the room"),
             "404": _error_response("Bad room name"),
             "408": _error_response("The body arrived too slowly"),
             "413": _error_response("Body too large"),
@@ -64,6 +79,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     }
     stream = {
         "summary": "The room's Server-Sent Events stream",
+        "security": [*secured, {"access_token": []}],
         "parameters": [
             {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
             {"name": "lastEventId", "in": "query", "schema": {"type": "string"}},
@@ -79,6 +95,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
             },
             "400": _error_response("Malformed Last-Event-ID"),
+            **auth_errors,
             "404": _error_response("Bad room name"),
             "422": _error_response("Invalid user"),
         },
@@ -93,6 +110,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "post": post,
                 "get": {
                     "summary": "Recent history, oldest first",
+                    "security": secured,
                     "parameters": [
                         {
                             "name": "limit",
@@ -113,6 +131,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                 }
                             },
                         },
+                        **auth_errors,
                         "404": _error_response("Bad room name"),
                         "422": _error_response("Invalid limit"),
                         "503": _error_response("Backplane down"),
@@ -125,6 +144,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "parameters": [_room_parameter()],
                 "get": {
                     "summary": "Who is online",
+                    "security": secured,
                     "responses": {
                         "200": {
                             "description": "Users online",
@@ -134,9 +154,24 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                 }
                             },
                         },
+                        **auth_errors,
                         "404": _error_response("Bad room name"),
                         "503": _error_response("Backplane down"),
                     },
+                },
+            },
+            "/session": {
+                "post": {
+                    "summary": "Keep the Bearer token in the HttpOnly `sse_chat_token` cookie",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "204": {"description": "Cookie set until the token expires"},
+                        "401": auth_errors["401"],
+                    },
+                },
+                "delete": {
+                    "summary": "Clear the token cookie",
+                    "responses": {"204": {"description": "Cookie cleared"}},
                 },
             },
             "/healthz": {
@@ -153,6 +188,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
         },
         "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": "sse_chat_token"},
+                "access_token": {"type": "apiKey", "in": "query", "name": "access_token"},
+            },
             "schemas": {
                 "Message": {
                     "type": "object",
@@ -190,6 +230,6 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "required": ["error", "message"],
                     "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
                 },
-            }
+            },
         },
     }
