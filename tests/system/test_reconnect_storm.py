@@ -45,7 +45,9 @@ STREAMS_PER_REPLICA = 1500
 ROOM = "storm"
 POSTS_PER_SECOND = 10  # 45,000 deliveries a second on 2 shared cores
 STEP = 10  # messages accepted after each change: traffic flows through every state
-DEADLINE = 240  # seconds for the whole scenario
+# Seconds for the whole scenario: it passes in about 70; a broken cluster fails each wait below
+# in turn (open 60, connected 45, delivered 60) and still gets its summary printed.
+DEADLINE = 300
 FILE_LIMIT = 20_000
 
 
@@ -193,7 +195,7 @@ async def test_every_stream_survives_a_rolling_update_and_a_crash_under_4500_str
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as scenario:
                 await client.start()
-                seen.opened = await client.ask("open", timeout_s=90)
+                seen.opened = await client.ask("open", timeout_s=60)
                 seen.step("opened")
                 assert seen.opened["ok"], f"not every stream opened: {_status_line(seen.opened)}"
                 scenario.start_soon(poster.run)
@@ -209,7 +211,7 @@ async def test_every_stream_survives_a_rolling_update_and_a_crash_under_4500_str
                 victim = max(cluster.replicas, key=lambda r: holding.get(r.replica_id, 0))
                 await stop_and_restart(victim, "KILL")
 
-                seen.connected = await client.ask("await_ready", timeout_s=60)
+                seen.connected = await client.ask("await_ready", timeout_s=45)
                 seen.step(f"streams connected: {_status_line(seen.connected)}")
                 await replicas_count_every_stream()
                 seen.step("replicas counted their streams")
