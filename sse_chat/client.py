@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+import os
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 from typing import Any
 
@@ -13,19 +14,74 @@ import trio
 from .sse import ServerSentEvent, SSEDecoder
 
 
-class PostRefused(Exception):
-    """The server refused a post; the message is its JSON error text."""
+class ClientError(Exception):
+    """A request could not be made or was refused; the message says why, for a person."""
+
+
+class Refused(ClientError):
+    """The server answered with an error; the message is its status and JSON error text."""
+
+    @classmethod
+    def by(cls, response: httpx.Response) -> Refused:
+        """The refusal `response` (already read) stands for."""
+        return cls(f"{response.status_code}: {response.text.strip()}")
+
+
+class Unreachable(ClientError):
+    """No answer from the server: it is down, the address is wrong, or the network is."""
+
+
+def _not_sent(base_url: str, error: httpx.TransportError | httpx.InvalidURL) -> ClientError:
+    """Why a request to `base_url` got no answer, as the error to raise."""
+    if isinstance(error, httpx.InvalidURL | httpx.UnsupportedProtocol):
+        return ClientError(f"{base_url} is not a URL this client can use: {error}")
+    return Unreachable(f"cannot reach {base_url}: {describe_transport_error(error)}")
+
+
+def describe_transport_error(error: BaseException) -> str:
+    """What went wrong with a connection in a few words: `connection refused`, `timed out`."""
+    if isinstance(error, httpx.TimeoutException):
+        return "timed out"
+    reasons = list(dict.fromkeys(_os_reasons(error)))  # unique, in order (IPv6, then IPv4...)
+    return "; ".join(reasons) or str(error) or type(error).__name__
+
+
+def _os_reasons(error: BaseException) -> Iterator[str]:
+    """The system's words for each OSError with an errno behind `error` (its causes and, for
+    a group such as trio's "all attempts to connect failed", every attempt)."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and isinstance(current.errno, int):
+            # gaierror's errno is negative and has its own words; os.strerror does not know it
+            words = os.strerror(current.errno) if current.errno > 0 else current.strerror
+            if words:
+                yield words[0].lower() + words[1:]
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        cause = current.__cause__ or current.__context__
+        if cause is not None:
+            pending.append(cause)
 
 
 async def post_message(
     base_url: str, room: str, user: str, text: str, token: str | None = None
 ) -> dict[str, Any]:
-    """POST a message and return the stored message."""
+    """POST a message and return the stored message; Refused or Unreachable otherwise."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(base_url=base_url, timeout=10, headers=headers) as client:
-        response = await client.post(f"/rooms/{room}/messages", json={"user": user, "text": text})
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10, headers=headers) as client:
+            response = await client.post(
+                f"/rooms/{room}/messages", json={"user": user, "text": text}
+            )
+    except (httpx.TransportError, httpx.InvalidURL) as error:
+        raise _not_sent(base_url, error) from None
     if response.status_code != 201:
-        raise PostRefused(f"{response.status_code}: {response.text.strip()}")
+        raise Refused.by(response)
     body: dict[str, Any] = response.json()
     return body
 
@@ -42,28 +98,49 @@ async def read_events(response: httpx.Response) -> AsyncGenerator[ServerSentEven
 
 
 async def follow_room(
-    base_url: str, room: str, last_event_id: str | None = None, reconnect: bool = True
+    base_url: str,
+    room: str,
+    last_event_id: str | None = None,
+    reconnect: bool = True,
+    token: str | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
-    """Every message of a room from now (or after `last_event_id`), reconnecting as needed."""
+    """Every message of a room from now (or after `last_event_id`), reconnecting as needed.
+
+    The first request must reach the server and be accepted (Unreachable or Refused
+    otherwise), so a wrong address or room is reported at once. After that a dropped
+    stream, or a stream the server ends with a `retry:` (draining, full), is resumed.
+    A 4xx is never retried: the server sends one only when retrying cannot help.
+    """
     delay = 1.0
     timeout = httpx.Timeout(10, read=None)
-    async with httpx.AsyncClient(base_url=base_url, timeout=timeout) as client:
+    reached = False
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        client = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers)
+    except httpx.InvalidURL as error:
+        raise _not_sent(base_url, error) from None
+    async with client:
         while True:
-            headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+            resume = {"Last-Event-ID": last_event_id} if last_event_id else {}
             try:
                 async with client.stream(
-                    "GET", f"/rooms/{room}/events", headers=headers
+                    "GET", f"/rooms/{room}/events", headers=resume
                 ) as response:
-                    response.raise_for_status()
-                    async with aclosing(read_events(response)) as events:
-                        async for event in events:
-                            if event.retry is not None:
-                                delay = event.retry / 1000
-                            if event.event == "message":
-                                last_event_id = event.id or last_event_id
-                                yield json.loads(event.data)
-            except httpx.TransportError:
-                pass
+                    if response.status_code != 200 and (response.is_client_error or not reached):
+                        await response.aread()
+                        raise Refused.by(response)
+                    reached = True
+                    if response.status_code == 200:
+                        async with aclosing(read_events(response)) as events:
+                            async for event in events:
+                                if event.retry is not None:
+                                    delay = event.retry / 1000
+                                if event.event == "message":
+                                    last_event_id = event.id or last_event_id
+                                    yield json.loads(event.data)
+            except (httpx.TransportError, httpx.InvalidURL) as error:
+                if not reached:
+                    raise _not_sent(base_url, error) from None
             if not reconnect:
                 return
             await trio.sleep(delay)

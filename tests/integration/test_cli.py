@@ -1,4 +1,5 @@
-"""The `sse-chat` command as a user runs it: a real process, SIGTERM, and README's curl lines."""
+"""The `sse-chat` command as a user runs it: a real process, SIGTERM, README's curl lines,
+one-line failures, and the tokens it signs."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 import trio
+
+from sse_chat.cli import parse_duration
 
 from .support import TIMEOUT, wait_until_ready
 
@@ -160,3 +165,235 @@ async def test_logs_are_json_lines_naming_the_replica_and_never_message_text() -
     assert {"ts", "level", "logger", "message"} <= set(entries[0])
     assert any("SIGTERM" in entry["message"] for entry in entries)
     assert "s3cret" not in output.decode()
+
+
+def _assert_one_line_failure(result: subprocess.CompletedProcess[bytes]) -> str:
+    """A failure a person can read: non-zero, and one `sse-chat: ...` line, no traceback."""
+    stderr = result.stderr.decode()
+    assert result.returncode != 0, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sse-chat: "), stderr
+    return lines[0]
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port bound but not listening (so nothing else takes it): connecting is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        yield port
+
+
+@pytest.mark.parametrize(
+    "command", [["post", "hello"], ["tail"], ["tail", "--last-event-id", "0-0"]]
+)
+async def test_post_and_tail_say_in_one_line_that_the_server_cannot_be_reached(
+    closed_port: int, command: list[str]
+) -> None:
+    url = f"http://127.0.0.1:{closed_port}"
+    with trio.fail_after(TIMEOUT):  # tail reports it at once rather than retrying forever
+        result = await trio.run_process(
+            [*SSE_CHAT, *command, "--url", url], capture_stderr=True, check=False
+        )
+    line = _assert_one_line_failure(result)
+    assert line == f"sse-chat: cannot reach {url}: connection refused"
+
+
+async def test_post_names_a_host_that_does_not_resolve() -> None:
+    url = "http://no-such-host.invalid:8000"
+    result = await trio.run_process(
+        [*SSE_CHAT, "post", "--url", url, "hello"], capture_stderr=True, check=False
+    )
+    assert _assert_one_line_failure(result).startswith(f"sse-chat: cannot reach {url}: ")
+
+
+async def test_post_refuses_a_url_without_a_scheme_in_one_line() -> None:
+    result = await trio.run_process(
+        [*SSE_CHAT, "post", "--url", "127.0.0.1:8000", "hello"], capture_stderr=True, check=False
+    )
+    assert result.returncode == 2
+    assert "is not a URL" in _assert_one_line_failure(result)
+
+
+async def test_tail_of_a_room_the_server_refuses_prints_the_refusal_in_one_line(
+    server_process: tuple[str, trio.Process],
+) -> None:
+    url, _ = server_process
+    with trio.fail_after(TIMEOUT):
+        result = await trio.run_process(
+            [*SSE_CHAT, "tail", "--url", url, "--room", "no room!"],
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 2
+    line = _assert_one_line_failure(result)
+    assert line.startswith("sse-chat: 404: ") and '"error"' in line
+
+
+async def test_serve_on_a_port_in_use_says_so_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with trio.fail_after(TIMEOUT):
+            result = await trio.run_process(
+                [*SSE_CHAT, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                capture_stderr=True,
+                check=False,
+            )
+    line = _assert_one_line_failure(result)
+    assert line == f"sse-chat: cannot listen on 127.0.0.1:{port}: address already in use"
+
+
+async def test_serve_on_an_address_not_of_this_host_says_so_in_one_line() -> None:
+    # 192.0.2.0/24 is TEST-NET-1: documentation only, never a local address.
+    result = await trio.run_process(
+        [*SSE_CHAT, "serve", "--host", "192.0.2.1", "--port", str(_free_port())],
+        capture_stderr=True,
+        check=False,
+    )
+    line = _assert_one_line_failure(result)
+    assert line.startswith("sse-chat: cannot listen on 192.0.2.1:")
+
+
+SECRET = b"a shared secret of at least thirty-two bytes, for HS256"
+
+
+@pytest.fixture
+def key_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of an operator whose SSE_CHAT_JWT_KEY_FILE names a shared secret."""
+    key_file = tmp_path / "jwt.key"
+    key_file.write_bytes(SECRET + b"\n")  # as `echo ... > file` writes it
+    return {**os.environ, "SSE_CHAT_JWT_KEY_FILE": str(key_file)}
+
+
+@pytest.fixture
+def public_pem(tmp_path: Path) -> Path:
+    """A key file holding a PEM public key (which verifies tokens but cannot sign them)."""
+    path = tmp_path / "public.pem"
+    path.write_text("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n")
+    return path
+
+
+async def _token_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(
+        [*SSE_CHAT, "token", *args], env=env, capture_stdout=True, capture_stderr=True, check=False
+    )
+
+
+async def test_token_prints_a_jwt_for_the_user_and_rooms_signed_with_the_configured_key(
+    key_env: dict[str, str],
+) -> None:
+    before = int(time.time())
+    result = await _token_command(key_env, "--user", "ana", "--rooms", "team-*, lobby")
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr == b""
+    token = result.stdout.decode().strip()
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "ana"
+    assert claims["rooms"] == ["team-*", "lobby"]
+    assert before <= claims["iat"] <= int(time.time())
+    assert claims["exp"] - claims["iat"] == 3600  # the default lifetime: one hour
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+
+
+async def test_token_lasts_as_long_as_asked_and_carries_the_audience_and_issuer(
+    key_env: dict[str, str],
+) -> None:
+    env = {**key_env, "SSE_CHAT_JWT_AUDIENCE": "chat", "SSE_CHAT_JWT_ISSUER": "ops"}
+    result = await _token_command(env, "--user", "bo", "--ttl", "15m")
+    assert result.returncode == 0, result.stderr.decode()
+    claims = jwt.decode(
+        result.stdout.strip(), SECRET, algorithms=["HS256"], audience="chat", issuer="ops"
+    )
+    assert claims["sub"] == "bo" and "rooms" not in claims
+    assert claims["exp"] - claims["iat"] == 15 * 60
+
+
+async def test_a_printed_token_posts_and_tails_a_private_room_through_the_cli(
+    key_env: dict[str, str],
+) -> None:
+    env = {**key_env, "SSE_CHAT_AUTH": "post", "SSE_CHAT_PRIVATE_ROOMS": "team-*"}
+    port = _free_port()
+    server = await trio.lowlevel.open_process(
+        [*SSE_CHAT, "serve", "--port", str(port)], env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await wait_until_ready(url)
+        issued = await _token_command(key_env, "--user", "ana", "--rooms", "team-*")
+        token = issued.stdout.decode().strip()
+        post = [*SSE_CHAT, "post", "--url", url, "--room", "team-a", "--user", "ana", "hi team"]
+        refused = await trio.run_process(post, capture_stderr=True, check=False)
+        assert _assert_one_line_failure(refused).startswith("sse-chat: 401: ")
+        posted = await trio.run_process([*post, "--token", token], capture_stdout=True)
+        tail = [*SSE_CHAT, "tail", "--url", url, "--room", "team-a", "--json"]
+        refused = await trio.run_process(tail, capture_stderr=True, check=False)
+        assert _assert_one_line_failure(refused).startswith("sse-chat: 401: ")
+        reader = await trio.lowlevel.open_process(
+            [*tail, "--last-event-id", "0-0"],
+            env={**env, "SSE_CHAT_TOKEN": token},
+            stdout=subprocess.PIPE,
+        )
+        assert reader.stdout is not None
+        try:
+            lines = b""
+            with trio.fail_after(TIMEOUT):
+                while b"\n" not in lines:
+                    lines += await reader.stdout.receive_some()
+        finally:
+            reader.kill()
+            await reader.wait()
+        printed = json.loads(lines.split(b"\n")[0])
+        assert (printed["id"], printed["text"]) == (posted.stdout.decode().strip(), "hi team")
+    finally:
+        server.kill()
+        await server.wait()
+
+
+async def test_token_is_signed_with_the_first_shared_secret_of_several_key_files(
+    key_env: dict[str, str], public_pem: Path
+) -> None:
+    env = {**key_env, "SSE_CHAT_JWT_KEY_FILE": f"{public_pem},{key_env['SSE_CHAT_JWT_KEY_FILE']}"}
+    result = await _token_command(env, "--user", "ana")
+    assert result.returncode == 0, result.stderr.decode()
+    assert jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])["sub"] == "ana"
+
+
+async def test_token_without_a_shared_secret_says_what_it_needs(public_pem: Path) -> None:
+    unset = {k: v for k, v in os.environ.items() if k != "SSE_CHAT_JWT_KEY_FILE"}
+    for env in (unset, {**unset, "SSE_CHAT_JWT_KEY_FILE": str(public_pem)}):
+        result = await _token_command(env, "--user", "ana")
+        assert result.returncode == 2
+        assert result.stdout == b""
+        assert _assert_one_line_failure(result) == (
+            "sse-chat: token needs SSE_CHAT_JWT_KEY_FILE naming a shared secret (HS256)"
+        )
+
+
+@pytest.mark.parametrize("ttl", ["", "1w", "-5m", "0", "0h", "1.5h", "h", "1 h", "1h2"])
+async def test_token_with_a_bad_ttl_fails_in_one_line(key_env: dict[str, str], ttl: str) -> None:
+    result = await _token_command(key_env, "--user", "ana", f"--ttl={ttl}")
+    assert result.returncode == 2
+    assert result.stdout == b""
+    assert _assert_one_line_failure(result).startswith("sse-chat: --ttl: ")
+
+
+async def test_token_refuses_a_secret_too_short_for_hs256_in_one_line(tmp_path: Path) -> None:
+    key_file = tmp_path / "short.key"
+    await trio.Path(key_file).write_bytes(b"short")
+    env = {**os.environ, "SSE_CHAT_JWT_KEY_FILE": str(key_file)}
+    result = await _token_command(env, "--user", "ana")
+    assert result.returncode == 2
+    assert result.stdout == b""
+    assert _assert_one_line_failure(result).startswith("sse-chat: SSE_CHAT_JWT_KEY_FILE: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("15m", 900), ("1h", 3600), ("2d", 172_800), (" 1h ", 3600)],
+)
+def test_a_ttl_is_seconds_or_a_number_with_a_unit(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
