@@ -118,6 +118,7 @@ class Stream {
     this.connects = 0;
     this.state = 'idle'; // -> 'connecting' -> 'answered' -> ('ready') -> 'waiting' -> ...
     this.replica = null; // the replica of the current stream once `ready`
+    this.live = null; // what that `ready` said: live, or held until the backplane is back
     this.readyEvents = 0;
     this.seen = new Uint8Array(1024); // by message number: times received
     this.lastId = null; // the last message id received, for the order check
@@ -169,6 +170,7 @@ class Stream {
     try {
       const ready = JSON.parse(Buffer.from(data, 'latin1').toString('utf8'));
       this.replica = String(ready.replica);
+      this.live = ready.live ?? null;
       if (ready.live === false) readyNotLive++;
     } catch {
       this.replica = '?';
@@ -506,6 +508,8 @@ async function awaitIds(ids, timeoutS) {
       stream: stream.index,
       state: stream.state,
       replica: stream.replica,
+      live: stream.live,
+      connects: stream.connects,
       lastEventId: stream.lastEventId,
       lacks: ids.filter((id) => !stream.seen[messageIndex.get(id)]).slice(0, EXAMPLES),
       lacking: stream.lacking,
