@@ -9,60 +9,19 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import Route, expect
 
+from .chat import (
+    OWN,
+    assert_each_once_in_order,
+    expect_connected,
+    expect_online,
+    expect_texts,
+    messages,
+    pick_name,
+    say,
+)
 from .support import TIMEOUT, OpenPage, Replica
-
-OWN = re.compile(r"\bown\b")
-
-
-def messages(page: Page) -> list[dict[str, str]]:
-    """The messages on screen, in screen order: id, user and text (exactly as rendered)."""
-    result: list[dict[str, str]] = page.locator("#messages li.message").evaluate_all(
-        """items => items.map(item => ({
-            id: item.dataset.id,
-            user: item.querySelector('.user').textContent,
-            text: item.querySelector('.text').textContent,
-        }))"""
-    )
-    return result
-
-
-def expect_texts(page: Page, texts: list[str]) -> None:
-    """Wait until exactly these message texts are on screen, in this order."""
-    expect(page.locator("#messages li.message .text")).to_have_text(texts)
-
-
-def expect_online(page: Page, users: list[str]) -> None:
-    """Wait until the online list names exactly these users, in this order."""
-    expect(page.locator("#online li")).to_have_count(len(users))
-    names = page.locator("#online li").evaluate_all("items => items.map(i => i.dataset.user)")
-    assert names == users
-
-
-def pick_name(page: Page, name: str) -> None:
-    """Type a name and leave the field, as a person does; the stream then reopens as them."""
-    page.fill("#user", name)
-    page.press("#user", "Tab")
-    expect(page.locator("#text")).to_be_focused()
-
-
-def say(page: Page, text: str) -> None:
-    """Type a message and press Enter."""
-    page.fill("#text", text)
-    page.press("#text", "Enter")
-    expect(page.locator("#text")).to_have_value("")
-
-
-def expect_connected(page: Page, replica: str) -> None:
-    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
-    expect(page.locator("#replica")).to_have_text(replica)
-
-
-def assert_each_once_in_order(page: Page) -> None:
-    ids = [message["id"] for message in messages(page)]
-    assert len(ids) == len(set(ids)), f"duplicates: {ids}"
-    assert ids == sorted(ids, key=lambda id: tuple(int(part) for part in id.split("-")))
 
 
 def test_two_people_on_two_replicas_chat_and_see_each_other_online(
@@ -124,25 +83,30 @@ def test_replica_restart_mid_conversation_resumes_with_every_message_once(
 
     say(bo, "three (while r1 is down)")
     r2.post(room, "cy", "four, from a script")
-    # ana's own send fails while her replica is down: she is told, and her text is kept.
-    ana.fill("#text", "five, kept")
+    # ana sends while her replica is down: the page says it is still sending, keeps the text,
+    # and keeps trying by itself with the same Idempotency-Key.
+    ana.fill("#text", "five, sent while r1 was down")
     ana.press("#text", "Enter")
-    expect(ana.locator("#error")).to_contain_text("cannot be reached")
-    expect(ana.locator("#text")).to_have_value("five, kept")
-    expect(ana.locator("#send")).to_be_enabled()
+    expect(ana.locator("#send-status")).to_contain_text("the server cannot be reached")
+    expect(ana.locator("#text")).to_have_value("five, sent while r1 was down")
+    expect(ana.locator("#send")).to_be_disabled()
     ana.screenshot(path=artifacts / "chat-reconnecting.png")
 
     r1.start()
     expect_connected(ana, "r1")
-    expect_texts(ana, ["one", "two", "three (while r1 is down)", "four, from a script"])
-    expect_online(bo, ["ana", "bo"])
-
-    ana.press("#text", "Enter")  # try again: the kept text goes out
-    expect(ana.locator("#text")).to_have_value("")
-    expect(ana.locator("#error")).to_have_text("")
-    everything = ["one", "two", "three (while r1 is down)", "four, from a script", "five, kept"]
-    expect_texts(ana, everything)
+    everything = [
+        "one",
+        "two",
+        "three (while r1 is down)",
+        "four, from a script",
+        "five, sent while r1 was down",
+    ]
+    expect_texts(ana, everything)  # the retried send got through once r1 was back
     expect_texts(bo, everything)
+    expect(ana.locator("#text")).to_have_value("")
+    expect(ana.locator("#send-status")).to_have_text("")
+    expect(ana.locator("#error")).to_have_text("")
+    expect_online(bo, ["ana", "bo"])
     assert_each_once_in_order(ana)
     assert_each_once_in_order(bo)
     assert messages(ana) == messages(bo)
@@ -205,7 +169,7 @@ def test_keyboard_alone_picks_a_name_and_sends_with_enter_and_shift_enter(
     expect(page.locator("#text")).to_be_focused()
 
 
-def test_a_failed_send_says_why_and_keeps_the_text(
+def test_a_refused_send_says_why_and_keeps_the_text(
     new_page: OpenPage, replicas: list[Replica], room: str
 ) -> None:
     page = new_page(f"{replicas[0].url}/?room={room}")
@@ -239,12 +203,8 @@ def test_a_failed_send_says_why_and_keeps_the_text(
     expect(page.locator("#error")).to_have_text(
         "Not sent: you are sending too fast (at most 30 messages per 10 s). Try again in 7 s."
     )
-    fail(
-        503,
-        '{"error":"unavailable","message":"the backplane is not connected"}',
-        {"Retry-After": "1"},
-    )
-    expect(page.locator("#error")).to_contain_text("cannot store messages right now")
+    fail(413, '{"error":"too_large","message":"the body is larger than 16384 bytes"}')
+    expect(page.locator("#error")).to_have_text("Not sent: the message is too long.")
     fail(422, '{"error":"invalid_message","message":"text: must not be empty","field":"text"}')
     expect(page.locator("#error")).to_contain_text("text: must not be empty")
     expect(page.locator("#text")).to_have_attribute("aria-invalid", "true")

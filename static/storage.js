@@ -1,0 +1,45 @@
+// localStorage that never throws: with storage full or disabled the page works, it just forgets.
+// It keeps the name, the recent rooms and whose token the cookie holds; never a token itself.
+
+export const KEYS = {
+  user: "sse-chat.user", // plain text
+  rooms: "sse-chat.rooms", // JSON: recent room names, newest first
+  session: "sse-chat.session", // JSON: {user, expires} of the token given to POST /session
+};
+
+export function readText(key) {
+  try {
+    return localStorage.getItem(key);
+  } catch {
+    return null;
+  }
+}
+
+export function writeText(key, value) {
+  try {
+    localStorage.setItem(key, value);
+  } catch {
+    // storage full or disabled
+  }
+}
+
+export function readJson(key, fallback) {
+  try {
+    const value = readText(key);
+    return value === null ? fallback : JSON.parse(value);
+  } catch {
+    return fallback;
+  }
+}
+
+export function writeJson(key, value) {
+  writeText(key, JSON.stringify(value));
+}
+
+export function forget(key) {
+  try {
+    localStorage.removeItem(key);
+  } catch {
+    // as above
+  }
+}
