@@ -7,6 +7,7 @@ the browser tests fail, as they should.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from sse_chat.tokens import issue_token
 
 from .support import TIMEOUT, OpenPage, Redis, Replica
 
@@ -40,6 +43,22 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "browser"
 class Servers:
     redis: Redis
     replicas: list[Replica]
+    env: dict[str, str]  # the replicas' environment
+
+
+@dataclass
+class PrivateReplica:
+    """A replica whose rooms `team-*` and `ops` need a token that grants them."""
+
+    replica: Replica
+    key: bytes  # the HS256 secret its tokens are signed with
+
+    @property
+    def url(self) -> str:
+        return self.replica.url
+
+    def token(self, user: str, rooms: list[str], ttl_seconds: float = 600) -> str:
+        return issue_token(self.key, user, rooms, ttl_seconds)
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +78,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         redis.start(directory)
         for replica in replicas:
             replica.start()
-        yield Servers(redis, replicas)
+        yield Servers(redis, replicas, env)
     finally:
         for process in [*replicas, redis]:
             if process.running:
@@ -73,6 +92,29 @@ def replicas(servers: Servers) -> list[Replica]:
         if not replica.running:
             replica.start()
     return servers.replicas
+
+
+@pytest.fixture(scope="session")
+def private_replica(
+    servers: Servers, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrivateReplica]:
+    """A third replica (p1) on the same Redis, with private rooms `team-*` and `ops`."""
+    directory = tmp_path_factory.mktemp("browser-private")
+    key = secrets.token_hex(32).encode()
+    key_file = directory / "jwt.key"
+    key_file.write_bytes(key)
+    env = {
+        **servers.env,
+        "SSE_CHAT_PRIVATE_ROOMS": "team-*,ops",
+        "SSE_CHAT_JWT_KEY_FILE": str(key_file),
+    }
+    replica = Replica("p1", directory / "p1.log", env=env)
+    try:
+        replica.start()
+        yield PrivateReplica(replica, key)
+    finally:
+        if replica.running:
+            replica.end(signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
