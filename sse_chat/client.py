@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncGenerator, Iterator
+import uuid
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import aclosing
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import trio
@@ -68,22 +70,64 @@ def _os_reasons(error: BaseException) -> Iterator[str]:
             pending.append(cause)
 
 
+# Retried as the page retries a send: ~30 s in all, a 503's Retry-After honoured up to a cap.
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0)
+RETRY_AFTER_CAP = 10.0
+TRANSIENT_STATUSES = frozenset({502, 503, 504})
+
+
 async def post_message(
-    base_url: str, room: str, user: str, text: str, token: str | None = None
+    base_url: str,
+    room: str,
+    user: str,
+    text: str,
+    token: str | None = None,
+    retry_delays: Sequence[float] = RETRY_DELAYS,
 ) -> dict[str, Any]:
-    """POST a message and return the stored message; Refused or Unreachable otherwise."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    """POST a message and return the stored message; Refused or Unreachable otherwise.
+
+    The message is stored once however often it is sent: one Idempotency-Key goes with every
+    attempt. A lost answer (the request may have arrived) or a 502/503/504 is retried after
+    each of `retry_delays`; a first attempt that cannot connect at all is reported at once,
+    since nothing was sent and the address is most likely wrong.
+    """
+    headers = {"Idempotency-Key": uuid.uuid4().hex}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    path = f"/rooms/{quote(room, safe='')}/messages"
     try:
-        async with httpx.AsyncClient(base_url=base_url, timeout=10, headers=headers) as client:
-            response = await client.post(
-                f"/rooms/{room}/messages", json={"user": user, "text": text}
-            )
-    except (httpx.TransportError, httpx.InvalidURL) as error:
+        client = httpx.AsyncClient(base_url=base_url, timeout=10, headers=headers)
+    except httpx.InvalidURL as error:
         raise _not_sent(base_url, error) from None
-    if response.status_code != 201:
-        raise Refused.by(response)
-    body: dict[str, Any] = response.json()
-    return body
+    async with client:
+        for attempt, delay in enumerate((*retry_delays, None)):
+            try:
+                response = await client.post(path, json={"user": user, "text": text})
+            except httpx.TransportError as error:
+                if delay is None or (attempt == 0 and not _may_have_arrived(error)):
+                    raise _not_sent(base_url, error) from None
+            else:
+                if response.status_code == 201:
+                    body: dict[str, Any] = response.json()
+                    return body
+                if delay is None or response.status_code not in TRANSIENT_STATUSES:
+                    raise Refused.by(response)
+                delay = max(delay, min(_retry_after(response), RETRY_AFTER_CAP))
+            await trio.sleep(delay)
+    raise AssertionError("not reached: the last attempt returns or raises")
+
+
+def _may_have_arrived(error: httpx.TransportError) -> bool:
+    """False when the request surely never left: no connection, or not a URL to send to."""
+    return not isinstance(error, httpx.ConnectError | httpx.UnsupportedProtocol)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """A response's Retry-After in seconds (0 when absent or an HTTP date)."""
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "0")))
+    except ValueError:
+        return 0.0
 
 
 async def read_events(response: httpx.Response) -> AsyncGenerator[ServerSentEvent, None]:
@@ -124,7 +168,7 @@ async def follow_room(
             resume = {"Last-Event-ID": last_event_id} if last_event_id else {}
             try:
                 async with client.stream(
-                    "GET", f"/rooms/{room}/events", headers=resume
+                    "GET", f"/rooms/{quote(room, safe='')}/events", headers=resume
                 ) as response:
                     if response.status_code != 200 and (response.is_client_error or not reached):
                         await response.aread()

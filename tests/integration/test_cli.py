@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -256,6 +257,94 @@ async def test_serve_on_an_address_not_of_this_host_says_so_in_one_line() -> Non
     )
     line = _assert_one_line_failure(result)
     assert line.startswith("sse-chat: cannot listen on 192.0.2.1:")
+
+
+class ScriptedServer:
+    """An HTTP server that answers each POST as its script says: a status, or "drop" (read
+    the request, close without an answer, as when an answer is lost); it keeps the requests."""
+
+    def __init__(self, script: list[int | str]) -> None:
+        self.script = script
+        self.requests: list[dict[str, str]] = []  # each request's headers, lower-cased names
+        self.url = ""
+
+    async def serve(self, nursery: trio.Nursery) -> None:
+        listeners = await nursery.start(partial(trio.serve_tcp, self._answer, 0, host="127.0.0.1"))
+        self.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
+    async def _answer(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some()
+            head, _, body = data.partition(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")[1:]
+            headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+            while len(body) < int(headers.get("content-length", "0")):
+                body += await stream.receive_some()
+            self.requests.append(headers)
+            action = self.script.pop(0)
+            if action == "drop":
+                return
+            answer = (
+                b'{"id":"1-0","room":"lobby","user":"ana","text":"hi","ts":"t","replica":"s"}'
+                if action == 201
+                else b'{"error":"scripted","message":"as the script says"}'
+            )
+            await stream.send_all(
+                b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nRetry-After: 0\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (int(action), len(answer), answer)
+            )
+
+
+async def _post_through(
+    server: ScriptedServer, nursery: trio.Nursery
+) -> subprocess.CompletedProcess[bytes]:
+    await server.serve(nursery)
+    with trio.fail_after(TIMEOUT):
+        return await trio.run_process(
+            [*SSE_CHAT, "post", "--url", server.url, "--user", "ana", "hi"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+
+
+@pytest.mark.parametrize(
+    "script",
+    [["drop", 201], [503, 503, 201], [502, "drop", 504, 201]],
+    ids=["answer lost", "busy twice", "gateway errors and a lost answer"],
+)
+async def test_post_retries_a_lost_answer_or_a_busy_server_with_one_idempotency_key(
+    nursery: trio.Nursery, script: list[int | str]
+) -> None:
+    server = ScriptedServer(list(script))
+    result = await _post_through(server, nursery)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == "1-0"
+    keys = [request["idempotency-key"] for request in server.requests]
+    assert len(keys) == len(script) and len(set(keys)) == 1 and 1 <= len(keys[0]) <= 255
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 413, 422, 429, 500])
+async def test_post_does_not_retry_an_answer_that_retrying_cannot_change(
+    nursery: trio.Nursery, status: int
+) -> None:
+    server = ScriptedServer([status, 201])
+    result = await _post_through(server, nursery)
+    assert result.returncode == 2
+    assert _assert_one_line_failure(result).startswith(f"sse-chat: {status}: ")
+    assert len(server.requests) == 1
+
+
+async def test_two_posts_of_the_same_text_are_two_messages(nursery: trio.Nursery) -> None:
+    server = ScriptedServer([201, 201])
+    await server.serve(nursery)
+    for _ in range(2):
+        await trio.run_process([*SSE_CHAT, "post", "--url", server.url, "hi"], capture_stdout=True)
+    first, second = (request["idempotency-key"] for request in server.requests)
+    assert first != second
 
 
 SECRET = b"a shared secret of at least thirty-two bytes, for HS256"
