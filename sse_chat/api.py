@@ -96,7 +96,7 @@ async def list_messages(room: str) -> dict[str, Any]:
 
 @api.get("/events")
 @api.get("/rooms/<room>/events")
-async def stream_events(room: str = DEFAULT_ROOM) -> Response:
+async def stream_events(room: str | None = None) -> Response:
     """The room's SSE stream (a connection's first stream request is served by `intake`)."""
     replica = _replica()
     stream_request = read_stream_request(

@@ -12,11 +12,15 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import trio
 
 from . import sse
 from .direct import SocketWriter, chunk, message_chunk
+
+if TYPE_CHECKING:
+    from .cursor import Cursor
 from .ids import MessageId
 from .messages import Message
 from .metrics import Metrics
@@ -39,9 +43,15 @@ class Subscriber:
     """
 
     __slots__ = ("_lot", "_pending", "_pending_bytes", "_presence", "_writer", "after",
-                 "closed", "limit", "oldest_queued_at", "overflowed", "room")  # fmt: skip
+                 "closed", "cursor", "limit", "oldest_queued_at", "overflowed", "room")  # fmt: skip
 
-    def __init__(self, room: str, limit: int) -> None:
+    def __init__(
+        self,
+        room: str,
+        limit: int,
+        cursor: Cursor | None = None,
+        lot: trio.lowlevel.ParkingLot | None = None,
+    ) -> None:
         self.room = room
         self.limit = limit  # bytes queued before the subscriber is cut off
         self.closed = False
@@ -50,8 +60,11 @@ class Subscriber:
         self._pending_bytes = 0
         self._presence: Presence | None = None  # only the latest view matters
         self.oldest_queued_at = 0.0  # trio clock: when the oldest waiting message arrived
-        self._lot: trio.lowlevel.ParkingLot | None = None
+        # Shared by the subscribers of one stream of several rooms, which wait together.
+        self._lot = lot
         self._writer: SocketWriter | None = None
+        # A stream of several rooms frames messages with its cursor as their ids.
+        self.cursor = cursor
         # The newest id the client already has: live copies up to it are skipped.
         self.after: MessageId | None = None
 
@@ -96,7 +109,8 @@ class Subscriber:
             if self._writer is not None:
                 self.after = None  # ids only grow from here
         if self._writer is not None:
-            return self.write(message_chunk(message))
+            cursor = self.cursor
+            return self.write(message_chunk(message) if cursor is None else cursor.chunk([message]))
         size = len(message.json) + 64  # about its frame's size
         if self._pending_bytes + size > self.limit:
             self.overflowed = True
@@ -117,6 +131,8 @@ class Subscriber:
         if self.closed:
             return 0
         if self._writer is not None and self.after is None:
+            if self.cursor is not None:
+                data = self.cursor.chunk(messages)
             return len(messages) if self.write(data) else 0
         return sum(self.push(message) for message in messages)
 
@@ -153,17 +169,30 @@ class Subscriber:
         if self._lot is not None:
             self._lot.unpark_all()
 
+    @property
+    def waiting(self) -> bool:
+        """Messages or a presence view wait to be taken, or the subscription ended."""
+        return bool(self._pending) or self._presence is not None or self.closed
+
     async def receive_batch(self) -> list[Message]:
         """Wait for messages (or a presence view) and take all messages waiting, oldest first.
 
         Messages up to `after` are skipped (the client has them from its replay).
         """
-        while not self._pending and self._presence is None:
-            if self.closed:
-                raise SubscriptionEnded(self.overflowed)
-            if self._lot is None:
-                self._lot = trio.lowlevel.ParkingLot()
-            await self._lot.park()
+        while not self.waiting:
+            await self.park()
+        return self.take_batch()
+
+    async def park(self) -> None:
+        """Until something is pushed to this subscriber (or to one sharing its lot)."""
+        if self._lot is None:
+            self._lot = trio.lowlevel.ParkingLot()
+        await self._lot.park()
+
+    def take_batch(self) -> list[Message]:
+        """The messages waiting now, oldest first (SubscriptionEnded once closed and empty)."""
+        if self.closed and not self._pending:
+            raise SubscriptionEnded(self.overflowed)
         batch = list(self._pending or ())
         self._pending, self._pending_bytes = None, 0
         after = self.after
@@ -183,9 +212,14 @@ class Hub:
         self._metrics = metrics or Metrics()
         self.closed = False
 
-    def subscriber(self, room: str) -> Subscriber:
+    def subscriber(
+        self,
+        room: str,
+        cursor: Cursor | None = None,
+        lot: trio.lowlevel.ParkingLot | None = None,
+    ) -> Subscriber:
         """A new subscriber of `room` with this hub's buffer limit (not yet added)."""
-        return Subscriber(room, self._limit)
+        return Subscriber(room, self._limit, cursor, lot)
 
     def add(self, subscriber: Subscriber) -> None:
         """Deliver the room's messages to `subscriber` until `remove` (closed at once if the

@@ -24,7 +24,6 @@ import trio
 from .access import credentials_from
 from .direct import LAST_CHUNK, SocketWriter, chunk
 from .errors import ApiError
-from .messages import DEFAULT_ROOM
 from .replica import Replica
 from .response_headers import SECURITY_HEADERS, SSE_HEADERS, cors_headers
 from .stream import OpenStream, admit, drain_frame, opening
@@ -53,18 +52,20 @@ def stream_head_length(data: bytes) -> int:
     return NEED_MORE if len(data) < MAX_HEAD else NOT_A_STREAM
 
 
-def _route(target: bytes) -> tuple[str, str] | None:
-    """(route rule, room) of a stream target, or None."""
+def _route(target: bytes) -> tuple[str, str | None] | None:
+    """(route rule, room) of a stream target, or None; `/events` has no room in its path."""
     path = target.partition(b"?")[0]
     if path == b"/events":
-        return "/events", DEFAULT_ROOM
+        return "/events", None
     parts = path.split(b"/")
     if len(parts) == 4 and parts[0] == b"" and parts[1] == b"rooms" and parts[3] == b"events":
         return "/rooms/<room>/events", unquote(parts[2].decode("latin-1"))
     return None
 
 
-def parse_stream_head(head: bytes) -> tuple[str, str, dict[str, str], dict[str, str]] | None:
+def parse_stream_head(
+    head: bytes,
+) -> tuple[str, str | None, dict[str, str], dict[str, str]] | None:
     """(route rule, room, query, headers) of a bodiless HTTP/1.1 GET of a stream; None for
     anything hypercorn should see instead (pure)."""
     connection = h11.Connection(h11.SERVER)
@@ -180,9 +181,8 @@ async def _open(
         if client_spoke:  # bytes after a stream request: nothing more is read on it
             await _send_all(sock, chunk(drain_frame(replica)) + LAST_CHUNK)
             return
-        limit = replica.settings.client_buffer_bytes
-        stream.writer = writer = SocketWriter(sock, limit, replica.keeper)
-        stream.subscriber.attach(writer)
+        writer = SocketWriter(sock, replica.settings.client_buffer_bytes, replica.keeper)
+        stream.attach(writer)
         adopted = replica.keeper.adopt(stream)
         if not adopted:
             writer.write(chunk(drain_frame(replica)) + LAST_CHUNK)

@@ -133,12 +133,12 @@ class StreamKeeper:
         stream = self._streams.get(fd)
         if stream is None:
             return
-        writer, subscriber = stream.writer, stream.subscriber
+        writer = stream.writer
         assert writer is not None and self._epoll is not None
         if not writer.ok:
             self._close(fd)
             return
-        if subscriber.closed and fd not in self._ending:
+        if stream.closed and fd not in self._ending:
             self._end(fd, drain_frame(stream.replica))
             return
         if not writer.flush_nowait():
@@ -166,7 +166,7 @@ class StreamKeeper:
         """Send the last frames and the last chunk, then close once they are out."""
         stream = self._streams[fd]
         assert stream.writer is not None
-        stream.subscriber.close()
+        stream.close()
         self._ending.add(fd)
         stream.writer.write(chunk(frames) + LAST_CHUNK)
         self._look_at(fd)
@@ -205,6 +205,6 @@ class StreamKeeper:
                 assert writer is not None
                 if writer.wrote:
                     writer.wrote = False
-                elif not stream.subscriber.closed:
+                elif not stream.closed:
                     stream.subscriber.write(KEEPALIVE_CHUNK)
                     writer.wrote = False

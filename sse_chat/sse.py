@@ -33,13 +33,16 @@ def event_frame(event: str, data: object) -> bytes:
     return f"event: {event}\ndata: {payload}\n\n".encode()
 
 
-def opening_frame(retry_ms: int, replica: str, room: str, *, live: bool = True) -> bytes:
+def opening_frame(
+    retry_ms: int, replica: str, room: str, *, live: bool = True, rooms: list[str] | None = None
+) -> bytes:
     """What every stream starts with: the reconnection delay and the `ready` event.
 
     `live` is false while the backplane is unreachable: the stream then waits, and replays
-    what the client missed once it is back.
+    what the client missed once it is back. A stream of several `rooms` names them all.
     """
-    ready = event_frame("ready", {"replica": replica, "room": room, "live": live})
+    where: dict[str, object] = {"room": room} if rooms is None else {"rooms": rooms}
+    ready = event_frame("ready", {"replica": replica, **where, "live": live})
     return f"retry: {retry_ms}\n".encode() + ready
 
 
@@ -52,11 +55,13 @@ def unavailable_frame(code: str, message: str, retry_ms: int) -> bytes:
     return retry_frame(retry_ms) + event_frame("unavailable", {"error": code, "message": message})
 
 
-def gap_frame(requested: MessageId, oldest: MessageId | None) -> bytes:
-    """Says that messages after `requested` were dropped from history before `oldest`."""
+def gap_frame(room: str, requested: MessageId, oldest: MessageId | None) -> bytes:
+    """Says that messages of `room` after `requested` were dropped from history before
+    `oldest`."""
     return event_frame(
         "gap",
         {
+            "room": room,
             "lastEventId": str(requested),
             "oldestRetainedId": None if oldest is None else str(oldest),
             "message": "some messages after your last event id are no longer retained",

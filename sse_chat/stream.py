@@ -19,8 +19,10 @@ import trio
 
 from . import sse
 from .backplane import BackplaneUnavailable
+from .cursor import Cursor
 from .direct import KEEPALIVE_CHUNK, SocketWriter, TaskWatcher, chunk
 from .hub import Subscriber, SubscriptionEnded
+from .messages import Message
 from .stream_request import StreamRequest
 
 if TYPE_CHECKING:
@@ -54,19 +56,43 @@ def expired_frame(replica: Replica) -> bytes:
 
 
 class OpenStream:
-    """An admitted stream: its slot, its subscriber and its presence, released once."""
+    """An admitted stream: its slot, its subscribers (one per room) and presence, released once.
 
-    __slots__ = ("replica", "request", "subscriber", "writer")
+    A stream of several rooms has a subscriber per room, all writing to the same socket and
+    framing messages with the stream's cursor (`cursor`), and all waking one parking lot.
+    """
+
+    __slots__ = ("cursor", "released", "replica", "request", "subscribers", "writer")
 
     def __init__(self, replica: Replica, request: StreamRequest) -> None:
         self.replica = replica
         self.request = request
-        self.subscriber = subscriber = replica.hub.subscriber(request.room)
+        self.released = False
+        self.cursor = Cursor(request.after) if request.multi else None
+        lot = trio.lowlevel.ParkingLot() if request.multi else None
+        hub = replica.hub
+        self.subscribers = tuple(hub.subscriber(room, self.cursor, lot) for room in request.rooms)
         self.writer: SocketWriter | None = None  # set once frames go straight to the socket
-        replica.hub.add(subscriber)
-        if request.user:
-            replica.backplane.mark_present(request.room, request.user)
+        for subscriber in self.subscribers:
+            hub.add(subscriber)
+            if request.user:
+                replica.backplane.mark_present(subscriber.room, request.user)
         replica.metrics.streams_open.inc()
+
+    @property
+    def subscriber(self) -> Subscriber:
+        """The first room's subscriber (a keepalive written through it reaches the socket)."""
+        return self.subscribers[0]
+
+    @property
+    def closed(self) -> bool:
+        """A subscription of the stream ended (draining, or its client fell behind)."""
+        return any(subscriber.closed for subscriber in self.subscribers)
+
+    @property
+    def overflowed(self) -> bool:
+        """Its client fell behind and was cut off."""
+        return any(subscriber.overflowed for subscriber in self.subscribers)
 
     @property
     def deadline(self) -> float | None:
@@ -74,20 +100,35 @@ class OpenStream:
         expires = self.request.expires
         return None if expires is None else trio.current_time() + (expires - time.time())
 
+    def attach(self, writer: SocketWriter) -> None:
+        """Write every room's messages straight to `writer` from now on."""
+        self.writer = writer
+        for subscriber in self.subscribers:
+            subscriber.attach(writer)
+
+    def close(self) -> None:
+        """End every subscription of the stream."""
+        for subscriber in self.subscribers:
+            subscriber.close()
+
+    def frame(self, message: Message) -> bytes:
+        """A message's frame on this stream: its id, or the stream's cursor after it."""
+        return sse.message_frame(message) if self.cursor is None else self.cursor.frame(message)
+
     def release(self) -> None:
-        """Give back the slot, the subscription and the presence (at most once)."""
-        subscriber = self.subscriber
-        if subscriber.room == "":
+        """Give back the slot, the subscriptions and the presence (at most once)."""
+        if self.released:
             return
+        self.released = True
         replica, request = self.replica, self.request
-        subscriber.close()
-        if replica.hub.remove(subscriber):
-            replica.backplane.unfollow(request.room)
-        if request.user:
-            replica.backplane.mark_absent(request.room, request.user)
+        for subscriber in self.subscribers:
+            subscriber.close()
+            if replica.hub.remove(subscriber):
+                replica.backplane.unfollow(subscriber.room)
+            if request.user:
+                replica.backplane.mark_absent(subscriber.room, request.user)
         replica.stream_slots.give_back(request.client)
         replica.metrics.streams_open.dec()
-        subscriber.room = ""  # released
 
 
 def admit(replica: Replica, request: StreamRequest) -> OpenStream | bytes:
@@ -110,35 +151,39 @@ def admit(replica: Replica, request: StreamRequest) -> OpenStream | bytes:
 
 
 async def _catch_up(stream: OpenStream) -> bytes:
-    """Presence and what the client missed since its Last-Event-ID; sets what it has."""
-    backplane, subscriber = stream.replica.backplane, stream.subscriber
-    room, after = stream.request.room, stream.request.after
-    subscriber.take_presence()  # the snapshot below is newer
-    frames = [sse.presence_frame(await backplane.presence(room))]
-    if after is not None:
+    """Presence and what the client missed in each room; sets what it has."""
+    backplane, metrics = stream.replica.backplane, stream.replica.metrics
+    frames = []
+    for subscriber in stream.subscribers:
+        room, after = subscriber.room, stream.request.after.get(subscriber.room)
+        subscriber.take_presence()  # the snapshot below is newer
+        frames.append(sse.presence_frame(await backplane.presence(room)))
+        if after is None:
+            continue
         replay = await backplane.since(room, after)
         if replay.gap:
-            frames.append(sse.gap_frame(after, replay.oldest))
-        frames += [sse.message_frame(message) for message in replay.messages]
+            frames.append(sse.gap_frame(room, after, replay.oldest))
+        frames += [stream.frame(message) for message in replay.messages]
         subscriber.after = replay.messages[-1].id if replay.messages else after
-        stream.replica.metrics.messages_delivered.inc(len(replay.messages))
+        metrics.messages_delivered.inc(len(replay.messages))
     return b"".join(frames)
 
 
 async def opening(stream: OpenStream) -> AsyncIterator[bytes]:
     """The stream's frames until it is live: `retry:` and `ready`, presence, the replay.
 
-    The subscriber joined the hub already, so a message stored meanwhile is both replayed and
+    The subscribers joined the hub already, so a message stored meanwhile is both replayed and
     queued live; `subscriber.after` makes the second copy be skipped. While the backplane is
     away the stream says `"live": false` and waits with keepalives; a client resuming from an
     id then gets its replay when the backplane is back, and a fresh one the messages this
     replica forwards from then on (its backplane backfills what it missed itself).
     """
-    replica = stream.replica
-    backplane, settings, room = replica.backplane, replica.settings, stream.request.room
-    await backplane.follow(room)
+    replica, request = stream.replica, stream.request
+    backplane, settings = replica.backplane, replica.settings
+    for room in request.rooms:
+        await backplane.follow(room)
     first = True
-    while not stream.subscriber.closed:
+    while not stream.closed:
         caught_up = None
         if backplane.connected:
             with contextlib.suppress(BackplaneUnavailable):
@@ -146,13 +191,16 @@ async def opening(stream: OpenStream) -> AsyncIterator[bytes]:
         ready = b""
         if first:
             live = caught_up is not None
-            ready = sse.opening_frame(settings.retry_ms, settings.replica_id, room, live=live)
+            rooms = list(request.rooms) if request.multi else None
+            ready = sse.opening_frame(
+                settings.retry_ms, settings.replica_id, request.room, live=live, rooms=rooms
+            )
             first = False
         if caught_up is not None:
             yield ready + caught_up
             return
         yield ready or sse.KEEPALIVE_FRAME
-        if stream.request.after is None:
+        if not request.after:
             return
         with trio.move_on_after(settings.keepalive_seconds):
             await backplane.wait_connected()
@@ -167,19 +215,18 @@ async def event_stream(
     server; after it the stream is written straight to the socket (see `direct`), and the
     generator returns when the stream ends. Without it every frame is yielded.
     """
-    replica, subscriber = stream.replica, stream.subscriber
-    metrics, settings = replica.metrics, replica.settings
+    replica, metrics, settings = stream.replica, stream.replica.metrics, stream.replica.settings
     deadline = stream.deadline or math.inf  # its token's expiry
     try:
         async for frames in opening(stream):
             yield frames  # the first one sends the headers too
         if socket is not None:
             watcher = TaskWatcher()
-            stream.writer = writer = SocketWriter(socket, settings.client_buffer_bytes, watcher)
-            subscriber.attach(writer)
+            writer = SocketWriter(socket, settings.client_buffer_bytes, watcher)
+            stream.attach(writer)
             with trio.move_on_at(deadline) as expiry:
-                await _follow_directly(subscriber, writer, watcher, settings.keepalive_seconds)
-            if subscriber.overflowed:
+                await _follow_directly(stream, writer, watcher, settings.keepalive_seconds)
+            if stream.overflowed:
                 metrics.slow_clients_cut.inc()
             elif writer.ok:  # closed, not cut off: reconnect soon (to another replica)
                 ending = expired_frame(replica) if expiry.cancelled_caught else drain_frame(replica)
@@ -187,28 +234,21 @@ async def event_stream(
                 await writer.flush()
             return
         while True:
-            batch = None
             with trio.move_on_at(min(deadline, trio.current_time() + settings.keepalive_seconds)):
-                try:
-                    batch = await subscriber.receive_batch()
-                except SubscriptionEnded as ended:
-                    if ended.overflowed:
-                        metrics.slow_clients_cut.inc()
-                        return
-                    break
-            if batch is None:
+                await _wait_for_any(stream)
+            if not any(subscriber.waiting for subscriber in stream.subscribers):
                 if trio.current_time() >= deadline:
                     yield expired_frame(replica)
                     return
                 yield sse.KEEPALIVE_FRAME
                 continue
-            if batch:
-                metrics.messages_delivered.inc(len(batch))
-                metrics.fanout_seconds.observe(trio.current_time() - subscriber.oldest_queued_at)
-            parts = [sse.message_frame(message) for message in batch]
-            presence = subscriber.take_presence()
-            if presence is not None:
-                parts.append(sse.presence_frame(presence))
+            try:
+                parts = _take_frames(stream)
+            except SubscriptionEnded as ended:
+                if ended.overflowed:
+                    metrics.slow_clients_cut.inc()
+                    return
+                break
             if parts:
                 yield b"".join(parts)
         yield drain_frame(replica)  # closed, not cut off: reconnect soon (to another replica)
@@ -216,16 +256,38 @@ async def event_stream(
         stream.release()
 
 
+async def _wait_for_any(stream: OpenStream) -> None:
+    """Until a subscriber of the stream has something (or ended)."""
+    while not any(subscriber.waiting for subscriber in stream.subscribers):
+        await stream.subscriber.park()  # a stream of several rooms: their lot is shared
+
+
+def _take_frames(stream: OpenStream) -> list[bytes]:
+    """The frames of what waits in the stream's subscribers, room by room."""
+    metrics = stream.replica.metrics
+    parts = []
+    for subscriber in stream.subscribers:
+        batch = subscriber.take_batch()
+        if batch:
+            metrics.messages_delivered.inc(len(batch))
+            metrics.fanout_seconds.observe(trio.current_time() - subscriber.oldest_queued_at)
+        parts += [stream.frame(message) for message in batch]
+        presence = subscriber.take_presence()
+        if presence is not None:
+            parts.append(sse.presence_frame(presence))
+    return parts
+
+
 async def _follow_directly(
-    subscriber: Subscriber, writer: SocketWriter, watcher: TaskWatcher, keepalive_seconds: float
+    stream: OpenStream, writer: SocketWriter, watcher: TaskWatcher, keepalive_seconds: float
 ) -> None:
     """Keep an attached stream going until it ends: flush what the socket could not take at
     once, and send a keepalive after each quiet interval."""
-    while not subscriber.closed:
+    while not stream.closed:
         with trio.move_on_after(keepalive_seconds) as quiet:
             if not writer.pending:
                 await watcher.wait()
         if quiet.cancelled_caught:
-            subscriber.write(KEEPALIVE_CHUNK)
+            stream.subscriber.write(KEEPALIVE_CHUNK)
         if not await writer.flush():
-            subscriber.close()
+            stream.close()

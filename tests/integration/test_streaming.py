@@ -152,7 +152,7 @@ async def test_health_and_readiness_answer_ok(client: httpx.AsyncClient) -> None
 async def test_every_response_names_its_replica(client: httpx.AsyncClient) -> None:
     for method, path in [
         ("GET", "/"),
-        ("GET", "/static/app.js"),
+        ("GET", "/static/main.js"),
         ("GET", "/healthz"),
         ("GET", "/no/such/route"),
         ("POST", "/messages"),
@@ -164,9 +164,9 @@ async def test_every_response_names_its_replica(client: httpx.AsyncClient) -> No
 
 async def test_the_chat_page_and_its_assets_are_served(client: httpx.AsyncClient) -> None:
     page = await client.get("/")
-    script = await client.get("/static/app.js")
+    script = await client.get("/static/connection.js")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert '<script type="module" src="/static/app.js">' in page.text
+    assert '<script type="module" src="/static/main.js">' in page.text
     assert script.status_code == 200 and "EventSource" in script.text
 
 

@@ -15,7 +15,6 @@ from sse_chat.intake import (
     response_head,
     stream_head_length,
 )
-from sse_chat.messages import DEFAULT_ROOM
 from sse_chat.replica import Replica
 
 HEAD = (
@@ -96,10 +95,10 @@ def test_parse_gives_the_route_and_room_of_a_room_stream() -> None:
     assert (route, room, query) == ("/rooms/<room>/events", "lobby", {})
 
 
-def test_parse_gives_the_default_room_for_the_events_route() -> None:
+def test_parse_gives_no_path_room_for_the_events_route() -> None:
     parsed = parse_stream_head(b"GET /events HTTP/1.1\r\nHost: a\r\n\r\n")
     assert parsed is not None
-    assert parsed[:2] == ("/events", DEFAULT_ROOM)
+    assert parsed[:2] == ("/events", None)  # `lobby`, or the rooms of `?rooms=`
 
 
 def test_parse_percent_decodes_the_room() -> None:

@@ -87,12 +87,16 @@ def test_unavailable_frame_sets_retry_then_says_why_without_an_id() -> None:
 def test_gap_frame_names_the_requested_and_oldest_retained_ids(
     oldest: MessageId | None, oldest_text: str | None
 ) -> None:
-    frame = gap_frame(MessageId(3, 1), oldest)
+    frame = gap_frame("dev", MessageId(3, 1), oldest)
     assert not frame.startswith(b"id:")
     [event] = decode(frame)
     assert (event.event, event.id) == ("gap", None)
     data = json.loads(event.data)
-    assert (data["lastEventId"], data["oldestRetainedId"]) == ("3-1", oldest_text)
+    assert (data["room"], data["lastEventId"], data["oldestRetainedId"]) == (
+        "dev",
+        "3-1",
+        oldest_text,
+    )
     assert data["message"]
 
 
