@@ -85,23 +85,51 @@ _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBU
 ACCEPT_CAPACITY_PAUSE = 0.1  # seconds
 
 
-async def _accept_forever(
-    listener: trio.socket.SocketType,
-    nursery: trio.Nursery,
-    handle: Callable[[trio.socket.SocketType], Awaitable[None]],
-) -> None:
-    """Start `handle` on each accepted connection, in `nursery`. Each accept is a checkpoint,
-    so a storm of connections cannot starve the replica's other tasks."""
-    while True:
-        try:
-            sock, _ = await listener.accept()
-        except OSError as error:
-            if error.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                raise
-            log.error("accept failed (%s); pausing %.1f s", error, ACCEPT_CAPACITY_PAUSE)
-            await trio.sleep(ACCEPT_CAPACITY_PAUSE)
-            continue
-        nursery.start_soon(handle, sock)
+# Draining, a replica still answers connections for a moment: those the kernel already queued
+# (and clients the load balancer still sends) get the drain retry rather than a reset.
+DRAIN_LINGER_MAX = 2.0  # seconds at most
+DRAIN_QUIET = 0.5  # ...or until no connection came for this long
+
+
+class _Acceptor:
+    """Starts `handle` on each accepted connection, in `nursery`."""
+
+    def __init__(
+        self,
+        listener: trio.socket.SocketType,
+        nursery: trio.Nursery,
+        handle: Callable[[trio.socket.SocketType], Awaitable[None]],
+    ) -> None:
+        self._listener = listener
+        self._nursery = nursery
+        self._handle = handle
+        self._accepted = trio.Event()  # set (and replaced) on each connection
+
+    async def accept_forever(self) -> None:
+        """Each accept is a checkpoint, so a storm of connections cannot starve the replica's
+        other tasks; running out of descriptors pauses accepting instead of crashing."""
+        while True:
+            try:
+                sock, _ = await self._listener.accept()
+            except OSError as error:
+                if error.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("accept failed (%s); pausing %.1f s", error, ACCEPT_CAPACITY_PAUSE)
+                await trio.sleep(ACCEPT_CAPACITY_PAUSE)
+                continue
+            self._nursery.start_soon(self._handle, sock)
+            self._accepted.set()
+            self._accepted = trio.Event()
+
+    async def wait_until_quiet(self, quiet: float, at_most: float) -> None:
+        """Return once no connection came for `quiet` seconds, or after `at_most`."""
+        with trio.move_on_after(at_most):
+            while True:
+                accepted = self._accepted
+                with trio.move_on_after(quiet) as waiting:
+                    await accepted.wait()
+                if waiting.cancelled_caught:
+                    return
 
 
 async def _serve_connections(
@@ -149,10 +177,13 @@ async def _serve_connections(
             await connections.start(replica.keeper.run)
             with listener:
                 async with trio.open_nursery() as accepting:
-                    accepting.start_soon(_accept_forever, listener, connections, handle)
+                    acceptor = _Acceptor(listener, connections, handle)
+                    accepting.start_soon(acceptor.accept_forever)
                     url = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
                     task_status.started(url)
                     await stop()
+                    linger = min(DRAIN_LINGER_MAX, config.graceful_timeout)
+                    await acceptor.wait_until_quiet(DRAIN_QUIET, linger)
                     accepting.cancel_scope.cancel()
             await context.terminated.set()  # idle keep-alive connections close now
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
