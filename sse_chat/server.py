@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -104,6 +105,7 @@ class _Acceptor:
         self._nursery = nursery
         self._handle = handle
         self._accepted = trio.Event()  # set (and replaced) on each connection
+        self._last_accepted = -math.inf  # trio clock
 
     async def accept_forever(self) -> None:
         """Each accept is a checkpoint, so a storm of connections cannot starve the replica's
@@ -120,16 +122,15 @@ class _Acceptor:
             self._nursery.start_soon(self._handle, sock)
             self._accepted.set()
             self._accepted = trio.Event()
+            self._last_accepted = trio.current_time()
 
     async def wait_until_quiet(self, quiet: float, at_most: float) -> None:
         """Return once no connection came for `quiet` seconds, or after `at_most`."""
         with trio.move_on_after(at_most):
-            while True:
+            while trio.current_time() - self._last_accepted < quiet:
                 accepted = self._accepted
-                with trio.move_on_after(quiet) as waiting:
+                with trio.move_on_at(self._last_accepted + quiet):
                     await accepted.wait()
-                if waiting.cancelled_caught:
-                    return
 
 
 async def _serve_connections(
