@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
 
-from ..hub import Subscriber
+from ..hub import Hub, Subscriber
 from ..ids import MessageId
 from ..messages import Draft, Message
 from ..presence import Presence
@@ -54,18 +55,49 @@ class Backplane(Protocol):
         """Every retained message of a room with an id greater than `after`."""
         ...
 
-    def subscribe(self, room: str) -> AbstractAsyncContextManager[Subscriber]:
-        """Receive the room's new messages; live once the block is entered."""
+    async def follow(self, room: str) -> None:
+        """Deliver the room's new messages to the hub; called right after a subscriber of the
+        room joined the hub. Returns at once while disconnected (the next session follows
+        every room the hub has subscribers for); never raises BackplaneUnavailable."""
+        ...
+
+    def unfollow(self, room: str) -> None:
+        """Stop delivering the room (its last local subscriber left the hub); never waits."""
+        ...
+
+    async def wait_connected(self) -> None:
+        """Return once `connected` is True (at once if it is)."""
+        ...
+
+    def last_forwarded(self, room: str) -> MessageId | None:
+        """The newest id of `room` this replica handed to its hub, if any is known."""
         ...
 
     async def count_hit(self, key: str, ttl_seconds: int) -> int:
         """Add one to a counter shared by every replica, kept `ttl_seconds`; its new value."""
         ...
 
-    def present(self, room: str, user: str) -> AbstractContextManager[None]:
-        """Count `user` online in `room` for the duration of the block (never waits)."""
+    def mark_present(self, room: str, user: str) -> None:
+        """Count one more stream of `user` in `room` (never waits; works while disconnected)."""
+        ...
+
+    def mark_absent(self, room: str, user: str) -> None:
+        """Count one stream of `user` in `room` less (never waits; works while disconnected)."""
         ...
 
     async def presence(self, room: str) -> Presence:
         """Who is online in `room`, on every replica."""
         ...
+
+
+@asynccontextmanager
+async def subscribed(backplane: Backplane, hub: Hub, room: str) -> AsyncIterator[Subscriber]:
+    """A subscriber of `room` that receives its new messages for the duration of the block."""
+    subscriber = hub.subscriber(room)
+    hub.add(subscriber)
+    try:
+        await backplane.follow(room)
+        yield subscriber
+    finally:
+        if hub.remove(subscriber):
+            backplane.unfollow(room)

@@ -1,4 +1,4 @@
-"""The Redis shim: the only module that talks to Redis.
+"""The Redis backplane: rooms stored in Redis streams, delivered to every replica by pub/sub.
 
 Built on coredis, which runs natively on Trio (through anyio). Each room has a stream (the
 source of truth: ids, history, resume) and a pub/sub channel (the fast path to every replica).
@@ -6,6 +6,14 @@ A Lua script appends to the stream and publishes in one atomic step, so pub/sub 
 order. One pub/sub connection per replica follows the rooms that have local clients; after any
 interruption it resubscribes and backfills each room from the stream after the last id it
 forwarded, dropping duplicates by id, so clients never see a gap.
+
+Busy is not dead: every wait on Redis is measured in event-loop run time (`LoopClock`), so a
+replica whose loop stalls under a reconnect storm does not take its own slowness for a lost
+Redis. A session ends only on a connection error, or when Redis leaves a command or a self-ping
+unanswered for LIVENESS_TIMEOUT seconds of that time.
+
+Who is online lives in `redis_presence`; where Redis is, and the client for it, in
+`redis_target`.
 """
 
 from __future__ import annotations
@@ -14,27 +22,30 @@ import json
 import logging
 import math
 import random
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from functools import partial
+from typing import Any, TypeVar
 
+import anyio
 import coredis
 import coredis.exceptions
 import trio
-from coredis.connection import TCPLocation
-from coredis.retry import NoRetryPolicy
 
-from ..hub import Hub, Subscriber
-from ..ids import MessageId
+from ..hub import Hub
+from ..ids import ZERO_ID, MessageId
 from ..messages import Draft, Message, format_ts
-from ..presence import LocalPresence, Presence
+from ..presence import Presence
 from .base import BackplaneUnavailable, Replay
+from .loop_clock import LoopClock
+from .redis_presence import RedisPresence
+from .redis_target import BACKSTOP_TIMEOUT, RedisTarget, open_redis, parse_redis_url
+
+__all__ = ["RedisBackplane", "RedisTarget", "parse_redis_url"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # KEYS: stream, channel, trimmed-id key. ARGV: history size, message body (JSON without id).
 # Records the newest id that trimming drops, so a resume from before it can report a gap
@@ -67,90 +78,28 @@ if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return count
 """
 
-# Errors that mean "Redis cannot be reached or answered badly right now".
-_REDIS_ERRORS = (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
+# Errors that mean "Redis cannot be reached or answered badly right now". coredis raises
+# anyio's when it writes to a connection that is closing under it.
+_REDIS_ERRORS = (
+    coredis.exceptions.RedisError,
+    OSError,
+    trio.TooSlowError,
+    anyio.ClosedResourceError,
+    anyio.BrokenResourceError,
+)
 
-COMMAND_TIMEOUT = 2.0  # seconds: a command slower than this fails (503 for a POST)
+# Deadlines count event-loop run time (see LoopClock), not wall time.
+COMMAND_TIMEOUT = 2.0  # seconds a client's command may wait before it fails (503 for a POST)
+LIVENESS_TIMEOUT = 5.0  # seconds Redis may leave a session's command or self-ping unanswered
 HEALTH_INTERVAL = 1.0  # seconds between self-pings through the pub/sub connection
-HEALTH_TIMEOUT = 10.0  # seconds a self-ping may take before the connection counts as lost
 # Messages forwarded within this window reach the hub together, so each stream gets them in one
 # write. Under load, when pub/sub delivers a backlog at once, this saves a write per message.
 BATCH_WINDOW = 0.001
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
 
 
-@dataclass(frozen=True, slots=True)
-class RedisTarget:
-    """Where Redis is: a URL for coredis, or sentinels and a service name."""
-
-    url: str | None = None
-    sentinels: tuple[tuple[str, int], ...] = ()
-    service: str = ""
-    username: str | None = None
-    password: str | None = None
-    db: int = 0
-
-
-def parse_redis_url(url: str, password: str | None = None) -> RedisTarget:
-    """Read `redis://`, `rediss://`, `unix://` or `redis+sentinel://h1:p1,h2:p2/service[/db]`.
-
-    `password` (from a secret file) overrides a password in the URL.
-    """
-    parts = urlsplit(url)
-    if parts.scheme in ("redis", "rediss", "unix"):
-        return RedisTarget(url=url, password=password)
-    if parts.scheme != "redis+sentinel":
-        raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} in {url!r}")
-    credentials, _, hosts = parts.netloc.rpartition("@")
-    username, _, url_password = credentials.partition(":")
-    sentinels = []
-    for host_port in hosts.split(","):
-        host, _, port = host_port.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"sentinel {host_port!r} in {url!r} is not host:port")
-        sentinels.append((host.strip("[]"), int(port)))
-    path = [part for part in parts.path.split("/") if part]
-    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise ValueError(f"{url!r} must end with /SERVICE_NAME or /SERVICE_NAME/DB")
-    return RedisTarget(
-        sentinels=tuple(sentinels),
-        service=path[0],
-        username=unquote(username) or None,
-        password=password if password is not None else (unquote(url_password) or None),
-        db=int(path[1]) if len(path) == 2 else 0,
-    )
-
-
-@asynccontextmanager
-async def open_redis(target: RedisTarget) -> AsyncIterator[coredis.Redis[str]]:
-    """A coredis client for the target; it reconnects by itself, command by command."""
-    options: dict[str, Any] = {
-        "decode_responses": True,
-        "stream_timeout": COMMAND_TIMEOUT,
-        "connect_timeout": 1.0,
-        # Never retry on our behalf: a retried append could store a message twice.
-        "retry_policy": NoRetryPolicy(),
-    }
-    if target.url is not None:
-        if target.password is not None:
-            options["password"] = target.password
-        async with coredis.Redis.from_url(target.url, **options) as client:
-            yield client
-        return
-    locations = [TCPLocation(host, port) for host, port in target.sentinels]
-    sentinel_options = {"connect_timeout": 1.0, "stream_timeout": COMMAND_TIMEOUT}
-    async with coredis.Sentinel(
-        locations, sentinel_kwargs={**sentinel_options, "decode_responses": True}, **options
-    ) as sentinel:
-        primary = sentinel.primary_for(
-            target.service, username=target.username, password=target.password, db=target.db
-        )
-        async with primary as client:
-            yield client  # type: ignore[misc]  # decode_responses=True: a Redis[str]
-
-
 class _SessionLost(Exception):
-    """The pub/sub connection stopped delivering (ended, or a self-ping went unanswered)."""
+    """The pub/sub session stopped working (it ended, or Redis left a command unanswered)."""
 
 
 class RedisBackplane:
@@ -165,26 +114,23 @@ class RedisBackplane:
         self._prefix = prefix
         self._client: coredis.Redis[str] | None = None
         self._pubsub: Any = None  # the live session's coredis PubSub, or None
-        self._connected = False
-        self._subscribed: set[str] = set()  # rooms the pub/sub connection follows
-        self._last_forwarded: dict[str, MessageId] = {}  # per followed room
+        self._up = trio.Event()  # set while a session is live; a new one after each loss
+        self._clock = LoopClock()
+        # Rooms the live pub/sub connection was asked to subscribe to (so must unsubscribe).
+        self._subscribed: set[str] = set()
+        # Rooms this replica follows, across sessions: the newest id handed to the hub.
+        self._last_forwarded: dict[str, MessageId] = {}
+        self._session_waits: set[trio.CancelScope] = set()  # follows to end with the session
         self._outbox_send, self._outbox = trio.open_memory_channel[Message](math.inf)
         self._subscription_lock = trio.Lock()
         self._leaving_send, self._leaving_receive = trio.open_memory_channel[str](math.inf)
         self._pong = trio.Event()
-        self._present = LocalPresence()
-        self._presence_ttl = presence_ttl
-        # (room, change) to write to Redis / to announce locally; drained by session tasks.
-        self._presence_changes_send, self._presence_changes = trio.open_memory_channel[
-            tuple[str, dict[str, str]]
-        ](math.inf)
-        self._presence_notices_send, self._presence_notices = trio.open_memory_channel[
-            tuple[str, dict[str, str]]
-        ](math.inf)
+        self._presence = RedisPresence(hub, replica, prefix, presence_ttl, self._channel)
         self._append_script: Any = None
         self._since_script: Any = None
         self._count_hit_script: Any = None
         self.reconnects = 0  # sessions lost after they were up
+        self.gaps = 0  # times a room's history was trimmed past what this replica forwarded
 
     # -- keys ---------------------------------------------------------------------------
     def _stream_key(self, room: str) -> str:
@@ -196,16 +142,13 @@ class RedisBackplane:
     def _channel(self, room: str) -> str:
         return f"{self._prefix}:room:{room}"
 
-    def _presence_key(self, room: str) -> str:
-        return f"{self._prefix}:room:{room}:presence"
-
     def _control_channel(self) -> str:
         return f"{self._prefix}:replica:{self._replica}"
 
     # -- the Backplane interface ------------------------------------------------------------
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self._up.is_set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with open_redis(self._target) as client:
@@ -213,14 +156,16 @@ class RedisBackplane:
             self._append_script = client.register_script(_APPEND_LUA)
             self._since_script = client.register_script(_SINCE_LUA)
             self._count_hit_script = client.register_script(_COUNT_HIT_LUA)
-            task_status.started()
             try:
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._clock.run)
                     nursery.start_soon(self._publish_in_batches)
+                    nursery.start_soon(self._unfollow_rooms_left_empty)
+                    task_status.started()
                     await self._follow_forever(client)
             finally:
                 self._client = None
-                self._connected = False
+                self._session_ended()
 
     async def append(self, draft: Draft) -> Message:
         self._require_client()
@@ -243,27 +188,45 @@ class RedisBackplane:
     async def since(self, room: str, after: MessageId) -> Replay:
         self._require_client()
         with self._redis_errors_as_unavailable():
-            trimmed, oldest, entries = await self._since_script(
-                keys=[self._stream_key(room), self._trimmed_key(room)],
-                args=[str(after)],
-            )
-        messages = [_decode(entry_id, dict(_pairs(fields))["m"]) for entry_id, fields in entries]
-        gap = bool(trimmed) and after < MessageId.parse(trimmed)
-        return Replay(messages, gap=gap, oldest=MessageId.parse(oldest) if oldest else None)
+            trimmed, oldest, messages = await self._read_since(room, after)
+        gap = trimmed is not None and after < trimmed
+        return Replay(messages, gap=gap, oldest=oldest)
 
-    @asynccontextmanager
-    async def subscribe(self, room: str) -> AsyncIterator[Subscriber]:
-        if not self._connected:
-            raise BackplaneUnavailable("Redis is not connected")
-        # Join the hub first: a concurrent unsubscribe of the room then sees this client.
-        try:
-            with self._hub.subscribe(room) as subscriber:
-                if room not in self._subscribed:
-                    await self._follow_room(room)
-                yield subscriber
-        finally:
+    async def follow(self, room: str) -> None:
+        if room in self._subscribed or not self.connected:
+            return  # followed already, or the next session follows every room of the hub
+        async with self._subscription_lock:
+            pubsub, client = self._pubsub, self._client
+            if pubsub is None or client is None or room in self._subscribed:
+                return
             if not self._hub.has_subscribers(room):
-                self._leaving_send.send_nowait(room)
+                return  # its subscriber left while this waited
+            with self._clock.move_on_after(LIVENESS_TIMEOUT) as wait:
+                self._session_waits.add(wait)  # a session that ends ends this wait too
+                try:
+                    # Messages stored before the subscription reach a client through its
+                    # replay; every later one has a greater id than this baseline.
+                    newest = await self._newest_id(client, room)
+                    self._last_forwarded[room] = max(newest, self._last_forwarded.get(room, newest))
+                    # Recorded before it is sent: a SUBSCRIBE cut short (error, cancellation)
+                    # is still answered by an UNSUBSCRIBE when the room empties.
+                    self._subscribed.add(room)
+                    await pubsub.subscribe(self._channel(room))
+                except _REDIS_ERRORS as error:
+                    # A broken connection ends the session, and the next one follows the
+                    # room; a slow one gets its missing rooms followed by `_follow_missing`.
+                    log.info("following room %s failed: %s", room, _describe(error))
+                finally:
+                    self._session_waits.discard(wait)
+
+    def unfollow(self, room: str) -> None:
+        self._leaving_send.send_nowait(room)
+
+    async def wait_connected(self) -> None:
+        await self._up.wait()
+
+    def last_forwarded(self, room: str) -> MessageId | None:
+        return self._last_forwarded.get(room)
 
     async def count_hit(self, key: str, ttl_seconds: int) -> int:
         self._require_client()
@@ -273,80 +236,18 @@ class RedisBackplane:
             )
         return int(count)
 
-    @contextmanager
-    def present(self, room: str, user: str) -> Iterator[None]:
-        if self._present.join(room, user):
-            self._presence_changes_send.send_nowait((room, {"joined": user}))
-        try:
-            yield
-        finally:
-            if self._present.leave(room, user):
-                self._presence_changes_send.send_nowait((room, {"left": user}))
+    def mark_present(self, room: str, user: str) -> None:
+        self._presence.mark_present(room, user)
+
+    def mark_absent(self, room: str, user: str) -> None:
+        self._presence.mark_absent(room, user)
 
     async def presence(self, room: str) -> Presence:
         client = self._require_client()
         with self._redis_errors_as_unavailable():
-            users = await self._users_online(client, room)
-        return Presence(room, tuple(sorted(users | self._present.users(room))))
+            return await self._presence.view(client, room)
 
-    # -- presence ---------------------------------------------------------------------------
-    # Each replica keeps `user\x1freplica` members in a sorted set per room, scored by when
-    # they expire, and refreshes its own; a replica that dies stops refreshing, so its users
-    # drop off after the TTL. Changes are announced on the room's channel as `presence {...}`.
-    def _member(self, user: str) -> str:
-        return f"{user}\x1f{self._replica}"
-
-    def _expiry_ms(self) -> int:
-        return int((_wall_clock() + self._presence_ttl) * 1000)
-
-    async def _users_online(self, client: coredis.Redis[str], room: str) -> set[str]:
-        members = await client.zrange(
-            self._presence_key(room),
-            int(_wall_clock() * 1000),
-            "+inf",
-            sortby=coredis.PureToken.BYSCORE,
-        )
-        return {_text(member).partition("\x1f")[0] for member in members}
-
-    async def _write_presence_changes(self, client: coredis.Redis[str]) -> None:
-        async for room, change in self._presence_changes:
-            key = self._presence_key(room)
-            if "joined" in change:
-                await client.zadd(key, {self._member(change["joined"]): self._expiry_ms()})
-            else:
-                await client.zrem(key, [self._member(change["left"])])
-            await client.publish(self._channel(room), "presence " + json.dumps(change))
-
-    async def _refresh_presence(self, client: coredis.Redis[str]) -> None:
-        """Renew our members' expiry and drop expired ones (a dead replica's), announcing it."""
-        while True:
-            rooms = set(self._present.rooms()) | self._subscribed
-            for room in rooms:
-                key = self._presence_key(room)
-                users = self._present.users(room)
-                if users:
-                    expiry = self._expiry_ms()
-                    await client.zadd(key, {self._member(user): expiry for user in users})
-                expired = await client.zremrangebyscore(key, -math.inf, int(_wall_clock() * 1000))
-                if expired:
-                    await client.publish(self._channel(room), "presence {}")
-            await trio.sleep(self._presence_ttl / 4)
-
-    async def _announce_presence(self, client: coredis.Redis[str]) -> None:
-        """Turn presence notices from any replica into views for local subscribers."""
-        async for room, change in self._presence_notices:
-            users = await self._users_online(client, room) | self._present.users(room)
-            joined, left = change.get("joined"), change.get("left")
-            self._hub.publish_presence(
-                Presence(
-                    room,
-                    tuple(sorted(users)),
-                    joined if joined in users else None,
-                    left if left is not None and left not in users else None,
-                )
-            )
-
-    # -- following rooms --------------------------------------------------------------------
+    # -- deadlines --------------------------------------------------------------------------
     def _require_client(self) -> coredis.Redis[str]:
         if self._client is None:
             raise BackplaneUnavailable("the Redis backplane is not running")
@@ -354,39 +255,69 @@ class RedisBackplane:
 
     @contextmanager
     def _redis_errors_as_unavailable(self) -> Iterator[None]:
+        """A client's command: Redis errors, and no answer within COMMAND_TIMEOUT, fail it."""
         try:
-            with trio.fail_after(COMMAND_TIMEOUT):
+            with self._clock.move_on_after(COMMAND_TIMEOUT) as deadline:
                 yield
         except _REDIS_ERRORS as error:
-            raise BackplaneUnavailable(f"Redis: {error or type(error).__name__}") from error
+            raise BackplaneUnavailable(f"Redis: {_describe(error)}") from error
+        if deadline.cancelled_caught:
+            raise BackplaneUnavailable(f"Redis: no answer within {COMMAND_TIMEOUT:g} s")
 
-    async def _follow_room(self, room: str) -> None:
-        """Subscribe the pub/sub connection to a room that just got its first local client."""
-        client = self._require_client()
-        async with self._subscription_lock:
-            if room in self._subscribed:
-                return
-            pubsub = self._pubsub
-            if pubsub is None:
-                raise BackplaneUnavailable("Redis is not connected")
-            with self._redis_errors_as_unavailable():
-                # Messages stored before the subscription reach a client through its replay;
-                # every later one has a greater id than this baseline and arrives live.
-                last = await client.xrevrange(self._stream_key(room), "+", "-", count=1)
-                baseline = MessageId.parse(_text(last[0].identifier)) if last else MessageId(0, 0)
-                self._last_forwarded[room] = max(baseline, self._last_forwarded.get(room, baseline))
-                await pubsub.subscribe(self._channel(room))
-            self._subscribed.add(room)
+    @contextmanager
+    def _answered_in_time(self, what: str) -> Iterator[None]:
+        """A session's command: no answer within LIVENESS_TIMEOUT ends the session. A reply
+        coredis gave up on (its wall-clock backstop) is late, not lost: it passes."""
+        with self._clock.move_on_after(LIVENESS_TIMEOUT) as deadline:
+            try:
+                yield
+            except TimeoutError as late:
+                log.info("redis backplane: %s answered late (%s)", what, late)
+        if deadline.cancelled_caught:
+            raise _SessionLost(self._unanswered(what))
+
+    def _unanswered(self, what: str) -> str:
+        return (
+            f"Redis left {what} unanswered for {LIVENESS_TIMEOUT:g} s of event-loop time"
+            f" (the loop itself stalled {self._clock.stalled:.1f} s in all,"
+            f" {self._clock.longest_stall:.1f} s at most)"
+        )
+
+    # -- following rooms --------------------------------------------------------------------
+    async def _newest_id(self, client: coredis.Redis[str], room: str) -> MessageId:
+        last = await client.xrevrange(self._stream_key(room), "+", "-", count=1)
+        return MessageId.parse(_text(last[0].identifier)) if last else ZERO_ID
+
+    async def _read_since(
+        self, room: str, after: MessageId
+    ) -> tuple[MessageId | None, MessageId | None, list[Message]]:
+        """The newest id trimmed from the room's history, its oldest retained id, and every
+        message after `after`, in one consistent read."""
+        trimmed, oldest, entries = await self._since_script(
+            keys=[self._stream_key(room), self._trimmed_key(room)], args=[str(after)]
+        )
+        messages = [_decode(entry_id, dict(_pairs(fields))["m"]) for entry_id, fields in entries]
+        return (
+            MessageId.parse(trimmed) if trimmed else None,
+            MessageId.parse(oldest) if oldest else None,
+            messages,
+        )
 
     async def _unfollow_rooms_left_empty(self) -> None:
-        """Unsubscribe from rooms whose last local client left (unless one came back)."""
+        """Stop following rooms whose last local client left (unless one came back)."""
         async for room in self._leaving_receive:
             async with self._subscription_lock:
-                if room not in self._subscribed or self._hub.has_subscribers(room):
+                if self._hub.has_subscribers(room):
+                    continue
+                self._last_forwarded.pop(room, None)
+                if room not in self._subscribed:
                     continue
                 self._subscribed.discard(room)
-                self._last_forwarded.pop(room, None)
-                await self._pubsub.unsubscribe(self._channel(room))
+                pubsub = self._pubsub
+                if pubsub is not None:
+                    # A broken connection is the session's to notice; it subscribes anew.
+                    with suppress(*_REDIS_ERRORS):
+                        await pubsub.unsubscribe(self._channel(room))
 
     def _forward(self, room: str, message: Message) -> None:
         """Hand a message to the hub once: in id order, never twice."""
@@ -408,13 +339,35 @@ class RedisBackplane:
                     break
             self._hub.publish_batch(batch)
 
-    async def _backfill(self, client: coredis.Redis[str], room: str) -> int:
+    async def _backfill(self, room: str) -> int:
         """Forward what the stream holds after the last id forwarded for `room`."""
         last = self._last_forwarded[room]
-        entries = await client.xrange(self._stream_key(room), f"({last}", "+")
-        for entry in entries:
-            self._forward(room, _decode(entry.identifier, entry.field_values["m"]))
-        return len(entries)
+        trimmed, oldest, messages = await self._read_since(room, last)
+        if trimmed is not None and last < trimmed:
+            self.gaps += 1
+            log.warning(
+                "room %s: messages after %s were trimmed from its history (SSE_CHAT_HISTORY_SIZE)"
+                " before this replica could forward them; its clients miss those up to %s",
+                room,
+                last,
+                oldest,
+            )
+            # TODO(lead): notify subscribers of the gap
+        for message in messages:
+            self._forward(room, message)
+        return len(messages)
+
+    async def _follow_rooms(self, client: coredis.Redis[str], pubsub: Any, rooms: list[str]) -> int:
+        """A session's subscription to `rooms`, backfilled; returns how many were backfilled.
+
+        A room never followed before starts at its newest id, read before the SUBSCRIBE, so
+        the backfill brings whatever arrived in between."""
+        new = [room for room in rooms if room not in self._last_forwarded]
+        newest = await _gather([partial(self._newest_id, client, room) for room in new])
+        self._last_forwarded.update(zip(new, newest, strict=True))
+        self._subscribed.update(rooms)  # recorded first, as in `follow`
+        await pubsub.subscribe(*(self._channel(room) for room in rooms))
+        return sum(await _gather([partial(self._backfill, room) for room in rooms]))
 
     async def _follow_forever(self, client: coredis.Redis[str]) -> None:
         """Keep a pub/sub session up: reconnect with backoff, log each transition once."""
@@ -426,7 +379,8 @@ class RedisBackplane:
                 reason = _first_error(group)
             else:
                 reason = "the pub/sub connection ended"
-            was_connected, self._connected, self._pubsub = self._connected, False, None
+            was_connected = self.connected
+            self._session_ended()
             if was_connected:
                 failures = 0
                 self.reconnects += 1
@@ -437,34 +391,62 @@ class RedisBackplane:
             delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(failures - 1, 10))
             await trio.sleep(random.uniform(delay / 2, delay))
 
+    def _session_ended(self) -> None:
+        self._pubsub = None
+        self._subscribed = set()
+        for wait in self._session_waits:
+            wait.cancel()
+        if self._up.is_set():
+            self._up = trio.Event()
+
     async def _session(self, client: coredis.Redis[str]) -> None:
-        async with (
-            client.pubsub(retry_policy=None, ignore_subscribe_messages=True) as pubsub,
-            trio.open_nursery() as nursery,
-        ):
-            await pubsub.subscribe(self._control_channel())
-            async with self._subscription_lock:
-                # Rooms left while disconnected are dropped here rather than resubscribed.
-                self._subscribed = {
-                    room for room in self._subscribed if self._hub.has_subscribers(room)
-                }
-                rooms = sorted(self._subscribed)
-                if rooms:
-                    await pubsub.subscribe(*(self._channel(room) for room in rooms))
-                # Nothing live is read until every room is backfilled: a live message
-                # forwarded first would make the older backfilled ones look like duplicates.
-                backfilled = sum([await self._backfill(client, room) for room in rooms])
-                self._pubsub = pubsub
-                self._connected = True
-            log.info("redis backplane connected (%d rooms, %d backfilled)", len(rooms), backfilled)
-            nursery.start_soon(self._unfollow_rooms_left_empty)
-            nursery.start_soon(self._check_health, client)
-            nursery.start_soon(self._write_presence_changes, client)
-            nursery.start_soon(self._refresh_presence, client)
-            nursery.start_soon(self._announce_presence, client)
-            async for item in pubsub:
-                self._receive(item)
-            raise _SessionLost("the pub/sub connection ended")
+        with self._clock.move_on_after(LIVENESS_TIMEOUT) as connecting:
+            async with (
+                client.pubsub(
+                    retry_policy=None,
+                    ignore_subscribe_messages=True,
+                    subscription_timeout=BACKSTOP_TIMEOUT,
+                    # Its keepalive pings with a wall-clock timeout; `_check_health` does that.
+                    max_idle_seconds=24 * 3600,
+                ) as pubsub,
+                trio.open_nursery() as nursery,
+            ):
+                self._clock.disarm(connecting)
+                with self._clock.move_on_after(LIVENESS_TIMEOUT) as subscribing:
+                    await pubsub.subscribe(self._control_channel())
+                    async with self._subscription_lock:
+                        # A follow cut short by the last session may have left its room here.
+                        self._subscribed = set()
+                        for room in [
+                            r for r in self._last_forwarded if not self._hub.has_subscribers(r)
+                        ]:
+                            del self._last_forwarded[room]
+                        # Nothing live is read until every room is backfilled: a live message
+                        # forwarded first would make the older backfilled ones look like
+                        # duplicates. Rooms that gain a client meanwhile are followed too.
+                        backfilled = 0
+                        while rooms := sorted(set(self._hub.rooms()) - self._subscribed):
+                            backfilled += await self._follow_rooms(client, pubsub, rooms)
+                        self._pubsub = pubsub
+                        self._up.set()
+                if subscribing.cancelled_caught:
+                    raise _SessionLost(self._unanswered("the session's subscriptions"))
+                log.info(
+                    "redis backplane connected (%d rooms, %d backfilled)",
+                    len(self._subscribed),
+                    backfilled,
+                )
+                nursery.start_soon(self._check_health, client)
+                nursery.start_soon(self._follow_missing)
+                presence, answered = self._presence, self._answered_in_time
+                nursery.start_soon(presence.write_changes, client, answered)
+                nursery.start_soon(presence.refresh, client, lambda: self._subscribed, answered)
+                nursery.start_soon(presence.announce, client, answered)
+                async for item in pubsub:
+                    self._receive(item)
+                raise _SessionLost("the pub/sub connection ended")
+        if connecting.cancelled_caught:
+            raise _SessionLost(self._unanswered("a new connection"))
 
     def _receive(self, item: Any) -> None:
         channel, data = item["channel"], item["data"]
@@ -474,11 +456,7 @@ class RedisBackplane:
         room = channel.rpartition(":room:")[2]
         raw_id, _, body = data.partition(" ")
         if raw_id == "presence":
-            try:
-                change = json.loads(body)
-            except ValueError:
-                change = {}
-            self._presence_notices_send.send_nowait((room, change))
+            self._presence.notice(room, body)
             return
         try:
             message = _decode(raw_id, body)
@@ -488,21 +466,42 @@ class RedisBackplane:
         self._forward(room, message)
 
     async def _check_health(self, client: coredis.Redis[str]) -> None:
-        """Ping ourselves through Redis: a silent pub/sub connection is a lost one."""
+        """Ping ourselves through Redis: the echo proves both connections work. Only a ping
+        unanswered for LIVENESS_TIMEOUT of loop time ends the session, not a busy loop."""
         while True:
             await trio.sleep(HEALTH_INTERVAL)
-            self._pong = trio.Event()
-            await client.publish(self._control_channel(), "ping")
-            # Lenient: a replica whose CPU is saturated answers late, and dropping its Redis
-            # connection then would only add work. A dead Redis closes the socket at once.
-            with trio.move_on_after(HEALTH_TIMEOUT):
-                await self._pong.wait()
-            if not self._pong.is_set():
-                raise _SessionLost("a self-ping through pub/sub went unanswered")
+            self._pong = pong = trio.Event()
+            with self._clock.move_on_after(LIVENESS_TIMEOUT):
+                with suppress(TimeoutError):  # coredis's backstop: the echo decides
+                    await client.publish(self._control_channel(), "ping")
+                await pong.wait()
+            if not pong.is_set():
+                # A last look: an echo read from the socket just now is not a lost one.
+                await trio.sleep(self._clock.tick)
+            if not pong.is_set():
+                raise _SessionLost(self._unanswered("a self-ping"))
+
+    async def _follow_missing(self) -> None:
+        """Follow, now and then, any room the hub has clients for but this session does not
+        (its `follow` failed while the session stayed up)."""
+        while True:
+            await trio.sleep(HEALTH_INTERVAL)
+            for room in self._hub.rooms():
+                if room not in self._subscribed:
+                    await self.follow(room)
 
 
-def _wall_clock() -> float:
-    return time.time()
+async def _gather(calls: list[Callable[[], Awaitable[_T]]]) -> list[_T]:
+    """Await every call at once (coredis pipelines their commands on one connection)."""
+    results: dict[int, _T] = {}
+
+    async def one(index: int, call: Callable[[], Awaitable[_T]]) -> None:
+        results[index] = await call()
+
+    async with trio.open_nursery() as nursery:
+        for index, call in enumerate(calls):
+            nursery.start_soon(one, index, call)
+    return [results[index] for index in range(len(calls))]
 
 
 def _encode_body(room: str, user: str, text: str, ts: str, replica: str) -> str:
@@ -524,8 +523,12 @@ def _pairs(flat: list[str]) -> Iterator[tuple[str, str]]:
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> str:
     for error in _leaves(group):
-        return f"{type(error).__name__}: {error}"
+        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return "unknown error"
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__
 
 
 def _leaves(error: BaseException) -> Iterator[BaseException]:

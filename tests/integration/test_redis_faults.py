@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+from contextlib import aclosing
 from typing import Any
 
 import httpx
 import trio
 
+from sse_chat.client import read_events
+
 from .conftest import StartReplica
 from .redis_server import RedisServer
-from .support import TIMEOUT, Collector, RunningReplica, open_stream, post, wait_until
+from .support import (
+    TIMEOUT,
+    Collector,
+    EventStream,
+    RunningReplica,
+    open_stream,
+    post,
+    wait_until,
+)
 
 
 class Poster:
@@ -142,7 +153,7 @@ async def test_a_pubsub_connection_killed_by_redis_is_recovered_without_loss(
     assert all(replica.app.replica.backplane.reconnects >= 1 for replica in replicas)  # type: ignore[attr-defined]
 
 
-async def test_while_redis_is_down_posts_and_new_streams_get_503_and_open_streams_stay(
+async def test_while_redis_is_down_posts_get_503_and_streams_wait_for_it(
     start_replica: StartReplica, redis: RedisServer
 ) -> None:
     replica = await start_replica(redis_url=redis.url, keepalive_seconds=0.2)
@@ -153,14 +164,22 @@ async def test_while_redis_is_down_posts_and_new_streams_get_503_and_open_stream
         ready = await client.get("/readyz")
         posted = await client.post("/messages", json={"user": "a", "text": "lost?"})
         history = await client.get("/rooms/lobby/messages")
-        new_stream = await client.get("/rooms/other/events")
         assert (await stream.next_named("message")).id == before["id"]
         assert (await stream.next_event()).comment == "keepalive"
-        await redis.start()
-        await wait_until(lambda: replica.app.replica.ready)
-        after = await post(client, "after")
-        assert json.loads((await stream.next_named("message")).data) == after
-    for response in (ready, posted, history, new_stream):
-        assert response.status_code == 503
-        assert response.json()["error"] == "unavailable"
-    assert posted.headers["retry-after"] and new_stream.headers["retry-after"]
+        # A new stream is answered 200 (an EventSource gives up on a 503) and waits.
+        async with client.stream("GET", "/rooms/other/events") as response:
+            assert response.status_code == 200
+            async with aclosing(read_events(response)) as events:
+                waiting = EventStream(response, events)
+                opened = await waiting.next_named("ready")
+                await redis.start()
+                await wait_until(lambda: replica.app.replica.ready)
+                after = await post(client, "after")
+                elsewhere = await post(client, "elsewhere", room="other")
+                assert json.loads((await stream.next_named("message")).data) == after
+                assert json.loads((await waiting.next_named("message")).data) == elsewhere
+    assert json.loads(opened.data)["live"] is False
+    for refused in (ready, posted, history):
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "unavailable"
+    assert posted.headers["retry-after"]

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from sse_chat.backplane import MemoryBackplane, Replay
+from sse_chat.backplane import MemoryBackplane, Replay, subscribed
 from sse_chat.hub import Hub
 from sse_chat.ids import ZERO_ID, MessageId
 from sse_chat.messages import Draft, Message
+from sse_chat.presence import Presence
 
 
 class FakeClock:
@@ -20,7 +21,7 @@ class FakeClock:
 
 def make_backplane(history_size: int = 100) -> tuple[MemoryBackplane, FakeClock, Hub]:
     clock = FakeClock()
-    hub = Hub(capacity=100)
+    hub = Hub(1 << 20)
     return MemoryBackplane(hub, "r1", history_size, clock=clock), clock, hub
 
 
@@ -140,7 +141,7 @@ async def test_no_gap_before_history_is_full() -> None:
 
 async def test_append_publishes_to_the_rooms_subscribers() -> None:
     backplane, _, hub = make_backplane()
-    async with backplane.subscribe("lobby") as subscriber:
+    async with subscribed(backplane, hub, "lobby") as subscriber:
         with hub.subscribe("other") as other:
             posted = await post(backplane, 2)
             [elsewhere] = await post(backplane, 1, room="other")
@@ -152,3 +153,27 @@ async def test_append_publishes_to_the_rooms_subscribers() -> None:
 async def test_memory_backplane_is_always_connected() -> None:
     backplane, _, _ = make_backplane()
     assert backplane.connected
+    await backplane.wait_connected()  # returns at once
+
+
+async def test_last_forwarded_is_the_rooms_newest_id() -> None:
+    backplane, _, _ = make_backplane(history_size=2)
+    assert backplane.last_forwarded("lobby") is None
+    posted = await post(backplane, 3)
+    assert backplane.last_forwarded("lobby") == posted[-1].id
+    assert backplane.last_forwarded("other") is None
+
+
+async def test_presence_counts_a_user_until_the_last_of_their_streams_is_absent() -> None:
+    backplane, _, hub = make_backplane()
+    with hub.subscribe("lobby") as subscriber:
+        backplane.mark_present("lobby", "ann")
+        backplane.mark_present("lobby", "ann")  # a second tab: no news
+        joined = subscriber.take_presence()
+        backplane.mark_present("lobby", "bob")
+        backplane.mark_absent("lobby", "ann")
+        assert subscriber.take_presence() == Presence("lobby", ("ann", "bob"), joined="bob")
+        assert await backplane.presence("lobby") == Presence("lobby", ("ann", "bob"))
+        backplane.mark_absent("lobby", "ann")
+        assert subscriber.take_presence() == Presence("lobby", ("bob",), left="ann")
+    assert joined == Presence("lobby", ("ann",), joined="ann")

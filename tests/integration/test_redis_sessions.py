@@ -1,0 +1,364 @@
+"""A replica's Redis session: busy is not dead, dead is noticed, rooms are followed exactly while
+they have clients, and nothing is delivered twice or out of order through any of it.
+
+These drive `RedisBackplane` directly (no HTTP) against real redis-server processes; some go
+through `Proxy`, a TCP proxy the test can cut or make hold back a command.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import trio
+
+from sse_chat.backplane import BackplaneUnavailable, subscribed
+from sse_chat.backplane.redis import (
+    HEALTH_INTERVAL,
+    LIVENESS_TIMEOUT,
+    RedisBackplane,
+    parse_redis_url,
+)
+from sse_chat.hub import Hub, Subscriber
+from sse_chat.messages import Draft, Message
+
+from .conftest import StartRedis
+from .redis_server import RedisServer
+from .support import TIMEOUT, wait_until
+
+
+class Proxy:
+    """A TCP proxy to a redis-server that a test can cut (and refuse new connections through),
+    or make hold back the first command that contains some bytes until `release()`."""
+
+    def __init__(self, nursery: trio.Nursery, target: RedisServer) -> None:
+        self.nursery = nursery
+        self.target = target
+        self.port = 0
+        self.refusing = False
+        self.hold_pattern: bytes | None = None
+        self.held = trio.Event()  # set when the command to hold arrived
+        self._released = trio.Event()
+        self._connections: set[trio.CancelScope] = set()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        self.nursery.start_soon(trio.serve_listeners, self._serve, listeners)
+
+    def cut(self) -> None:
+        """Close every connection through the proxy and refuse new ones (Redis unreachable)."""
+        self.refusing = True
+        for connection in self._connections:
+            connection.cancel()
+
+    def restore(self) -> None:
+        self.refusing = False
+
+    def hold(self, pattern: bytes) -> None:
+        self.hold_pattern, self.held, self._released = pattern, trio.Event(), trio.Event()
+
+    def release(self) -> None:
+        self.hold_pattern = None
+        self._released.set()
+
+    async def _serve(self, downstream: trio.SocketStream) -> None:
+        async with downstream:
+            if self.refusing:
+                return
+            with trio.CancelScope() as connection:
+                self._connections.add(connection)
+                try:
+                    upstream = await trio.open_tcp_stream("127.0.0.1", self.target.port)
+                    async with upstream, trio.open_nursery() as nursery:
+                        nursery.start_soon(self._pipe, downstream, upstream, connection, True)
+                        nursery.start_soon(self._pipe, upstream, downstream, connection, False)
+                finally:
+                    self._connections.discard(connection)
+
+    async def _pipe(self, source: trio.SocketStream, sink: trio.SocketStream,
+                    connection: trio.CancelScope, to_redis: bool) -> None:  # fmt: skip
+        try:
+            async for data in source:
+                if to_redis and self.hold_pattern is not None and self.hold_pattern in data:
+                    self.held.set()
+                    await self._released.wait()
+                await sink.send_all(data)
+        except trio.BrokenResourceError:
+            pass
+        connection.cancel()  # one side closed: close both
+
+
+StartBackplane = Callable[..., Awaitable[tuple[RedisBackplane, Hub]]]
+
+
+@pytest.fixture
+async def start_backplane(nursery: trio.Nursery) -> AsyncIterator[StartBackplane]:
+    """Runs RedisBackplanes, each with its own hub, until the test ends; each is connected."""
+    count = 0
+
+    async def start(url: str, history_size: int = 100) -> tuple[RedisBackplane, Hub]:
+        nonlocal count
+        count += 1
+        hub = Hub(1 << 20)
+        backplane = RedisBackplane(hub, f"b{count}", history_size, parse_redis_url(url))
+        await nursery.start(backplane.run)
+        with trio.fail_after(TIMEOUT):
+            await backplane.wait_connected()
+        return backplane, hub
+
+    yield start
+
+
+async def receive(subscriber: Subscriber, count: int) -> list[Message]:
+    """The subscriber's next `count` messages (fails after TIMEOUT)."""
+    received: list[Message] = []
+    with trio.fail_after(TIMEOUT):
+        while len(received) < count:
+            received += await subscriber.receive_batch()
+            subscriber.take_presence()  # a view waiting would end every wait at once
+    return received
+
+
+async def post(backplane: RedisBackplane, room: str, *texts: str) -> list[Message]:
+    return [await backplane.append(Draft(room, "ann", text)) for text in texts]
+
+
+async def subscribers_of(redis: RedisServer, room: str) -> int:
+    """PUBSUB NUMSUB of a room's channel: how many connections are subscribed to it."""
+    result = await trio.run_process(
+        ["redis-cli", "-p", str(redis.port), "PUBSUB", "NUMSUB", f"sse-chat:room:{room}"],
+        capture_stdout=True,
+    )
+    return int(result.stdout.split()[1])
+
+
+async def no_subscribers_left(redis: RedisServer, room: str) -> None:
+    """Wait until no connection is subscribed to the room's channel."""
+    with trio.fail_after(TIMEOUT):
+        while await subscribers_of(redis, room):  # noqa: ASYNC110 - Redis has no event for it
+            await trio.sleep(0.05)
+
+
+async def disconnected(backplane: RedisBackplane, seconds: float = TIMEOUT) -> float:
+    """Wait until the backplane has lost its session; how long that took."""
+    started = trio.current_time()
+    await wait_until(lambda: not backplane.connected, interval=0.01, seconds=seconds)
+    return trio.current_time() - started
+
+
+# -- busy is not dead ------------------------------------------------------------------------
+
+
+async def test_a_replica_whose_event_loop_stalls_keeps_its_session_and_loses_nothing(
+    start_redis: StartRedis, start_backplane: StartBackplane
+) -> None:
+    redis = await start_redis()
+    replica, hub = await start_backplane(redis.url)
+    poster, _ = await start_backplane(redis.url)
+    posted: list[Message] = []
+    refused: list[str] = []
+    stop = trio.Event()
+
+    async def post_steadily() -> None:
+        for n in range(100_000):
+            if stop.is_set():
+                return
+            try:
+                posted.append(await poster.append(Draft("busy", "ann", f"m{n}")))
+            except BackplaneUnavailable:
+                refused.append(f"m{n}")
+            await trio.sleep(0.01)
+
+    async def come_and_go() -> None:
+        """Presence changes keep the session's own commands in flight when the loop stalls."""
+        users = [f"user{n}" for n in range(20)]
+        while True:
+            for user in users:
+                replica.mark_present("busy", user)
+                await trio.sleep(0.001)
+            for user in users:
+                replica.mark_absent("busy", user)
+                await trio.sleep(0.001)
+
+    async with subscribed(replica, hub, "busy") as subscriber:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(post_steadily)
+            nursery.start_soon(come_and_go)
+            for _ in range(3):
+                await trio.sleep(0.7)
+                time.sleep(3)  # noqa: ASYNC251 - on purpose: the event loop is blocked
+            await trio.sleep(HEALTH_INTERVAL + 1)  # a wrongly lost ping would show by now
+            stop.set()
+            await wait_until(lambda: stop.is_set() and len(posted) + len(refused) > 0)
+            nursery.cancel_scope.cancel()
+        received = await receive(subscriber, len(posted))
+    assert (replica.reconnects, poster.reconnects) == (0, 0)
+    assert replica.connected and poster.connected
+    assert refused == []  # a POST that Redis answered is not failed for our own slowness
+    assert received == posted and len(posted) > 100
+
+
+async def test_a_silent_redis_is_noticed_within_the_liveness_bound_and_caught_up_after(
+    start_redis: StartRedis, start_backplane: StartBackplane
+) -> None:
+    redis = await start_redis()
+    assert redis.process is not None
+    replica, hub = await start_backplane(redis.url)
+    poster, _ = await start_backplane(redis.url)
+    async with subscribed(replica, hub, "quiet") as subscriber:
+        before = await post(poster, "quiet", "before")
+        redis.process.send_signal(signal.SIGSTOP)  # alive, connected, and silent
+        try:
+            with pytest.raises(BackplaneUnavailable):
+                await post(poster, "quiet", "sent while stopped")  # stored once it resumes
+            noticed_after = await disconnected(replica, seconds=LIVENESS_TIMEOUT + 5)
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+        with trio.fail_after(TIMEOUT):
+            await replica.wait_connected()
+            await poster.wait_connected()
+        after = await post(poster, "quiet", "after")
+        stored = await replica.recent("quiet", 10)
+        received = await receive(subscriber, len(stored))
+    # A ping is sent every HEALTH_INTERVAL; the one in flight at the stop goes unanswered.
+    assert noticed_after >= LIVENESS_TIMEOUT - HEALTH_INTERVAL - 0.5
+    assert noticed_after <= LIVENESS_TIMEOUT + HEALTH_INTERVAL + 0.5
+    assert replica.reconnects == 1
+    assert [m.text for m in stored] == ["before", "sent while stopped", "after"]
+    assert received == stored and received[0] == before[0] and received[-1] == after[0]
+
+
+async def test_a_killed_redis_is_noticed_at_once_and_followed_again_when_it_is_back(
+    redis: RedisServer, start_backplane: StartBackplane
+) -> None:
+    replica, hub = await start_backplane(redis.url)
+    async with subscribed(replica, hub, "killed") as subscriber:
+        before = await post(replica, "killed", "before")
+        await redis.kill()
+        noticed_after = await disconnected(replica)
+        await redis.start()  # same port, and the AOF brings the history back
+        with trio.fail_after(TIMEOUT):
+            await replica.wait_connected()
+        after = await post(replica, "killed", "after")
+        received = await receive(subscriber, 2)
+    assert noticed_after < 1
+    assert replica.reconnects == 1
+    assert received == before + after
+
+
+# -- following rooms -------------------------------------------------------------------------
+
+
+async def test_a_stream_opened_while_redis_is_unreachable_goes_live_from_where_the_replica_was(
+    nursery: trio.Nursery, redis: RedisServer, start_backplane: StartBackplane
+) -> None:
+    proxy = Proxy(nursery, redis)
+    await proxy.start()
+    replica, hub = await start_backplane(proxy.url)
+    poster, _ = await start_backplane(redis.url)
+    async with subscribed(replica, hub, "known") as first:
+        seen = await post(poster, "known", "seen")
+        assert await receive(first, 1) == seen
+        proxy.cut()
+        await disconnected(replica)
+        # Streams open while it is down: `follow` returns at once, without an error.
+        late, fresh = hub.subscriber("known"), hub.subscriber("fresh")
+        with trio.fail_after(0.5):
+            for subscriber in (late, fresh):
+                hub.add(subscriber)
+                await replica.follow(subscriber.room)
+        position = (replica.last_forwarded("known"), replica.last_forwarded("fresh"))
+        missed = await post(poster, "known", "missed 1", "missed 2")
+        before_fresh = await post(poster, "fresh", "before the replica was back")
+        proxy.restore()
+        with trio.fail_after(TIMEOUT):
+            await replica.wait_connected()
+        live = await post(poster, "known", "live")
+        fresh_live = await post(poster, "fresh", "after the replica was back")
+        assert await receive(first, 3) == missed + live
+        assert await receive(late, 3) == missed + live
+        assert await receive(fresh, 1) == fresh_live
+        for subscriber in (late, fresh):
+            if hub.remove(subscriber):
+                replica.unfollow(subscriber.room)
+    assert position == (seen[0].id, None)
+    assert before_fresh  # posted before the fresh room's baseline: not forwarded
+
+
+async def test_a_trim_during_an_interruption_is_noticed_as_a_gap(
+    nursery: trio.Nursery, redis: RedisServer, start_backplane: StartBackplane
+) -> None:
+    proxy = Proxy(nursery, redis)
+    await proxy.start()
+    replica, hub = await start_backplane(proxy.url, history_size=5)
+    poster, _ = await start_backplane(redis.url, history_size=5)
+    async with subscribed(replica, hub, "trimmed") as subscriber:
+        first = await post(poster, "trimmed", "first")
+        assert await receive(subscriber, 1) == first
+        proxy.cut()
+        await disconnected(replica)
+        missed = await post(poster, "trimmed", *(f"missed {n}" for n in range(8)))
+        assert replica.gaps == 0
+        proxy.restore()
+        with trio.fail_after(TIMEOUT):
+            await replica.wait_connected()
+        received = await receive(subscriber, 5)
+    assert replica.gaps == 1
+    assert received == missed[-5:]  # what history kept, in order
+
+
+async def test_a_subscribe_cut_short_leaves_no_subscription_behind(
+    nursery: trio.Nursery, redis: RedisServer, start_backplane: StartBackplane
+) -> None:
+    proxy = Proxy(nursery, redis)
+    await proxy.start()
+    replica, hub = await start_backplane(proxy.url)
+    subscriber = hub.subscriber("abandoned")
+    hub.add(subscriber)
+    proxy.hold(b"sse-chat:room:abandoned\r\n")  # the SUBSCRIBE, not the XREVRANGE
+    with trio.CancelScope() as opening:  # the client goes away while its stream opens
+        async with trio.open_nursery() as following:
+            following.start_soon(replica.follow, "abandoned")
+            with trio.fail_after(TIMEOUT):
+                await proxy.held.wait()
+            opening.cancel()
+    if hub.remove(subscriber):
+        replica.unfollow("abandoned")
+    proxy.release()  # the SUBSCRIBE reaches Redis now
+    # A later SUBSCRIBE on the same connection is answered after the held one.
+    async with subscribed(replica, hub, "probe"):
+        pass
+    await no_subscribers_left(redis, "abandoned")
+    await trio.sleep(0.5)
+    assert await subscribers_of(redis, "abandoned") == 0
+    assert replica.connected and replica.reconnects == 0
+
+
+async def test_a_late_subscribe_acknowledgement_still_follows_the_room_and_unfollows_it(
+    nursery: trio.Nursery, redis: RedisServer, start_backplane: StartBackplane
+) -> None:
+    proxy = Proxy(nursery, redis)
+    await proxy.start()
+    replica, hub = await start_backplane(proxy.url)
+    poster, _ = await start_backplane(redis.url)
+    proxy.hold(b"sse-chat:room:slow\r\n")
+
+    async def release_later() -> None:
+        await proxy.held.wait()
+        await trio.sleep(1.5)  # longer than coredis waits for an acknowledgement by default
+        proxy.release()
+
+    nursery.start_soon(release_later)
+    async with subscribed(replica, hub, "slow") as subscriber:
+        during = await subscribers_of(redis, "slow")
+        posted = await post(poster, "slow", "through")
+        assert await receive(subscriber, 1) == posted
+    await no_subscribers_left(redis, "slow")
+    assert during == 1 and replica.reconnects == 0
