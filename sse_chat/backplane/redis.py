@@ -83,7 +83,6 @@ return count
 _REDIS_ERRORS = (
     coredis.exceptions.RedisError,
     OSError,
-    trio.TooSlowError,
     anyio.ClosedResourceError,
     anyio.BrokenResourceError,
 )

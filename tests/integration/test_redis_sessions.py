@@ -203,6 +203,7 @@ async def test_a_replica_whose_event_loop_stalls_keeps_its_session_and_loses_not
     assert replica.connected and poster.connected
     assert refused == []  # a POST that Redis answered is not failed for our own slowness
     assert received == posted and len(posted) > 100
+    print(f"\n3 stalls of 3 s: {len(posted)} posts, all delivered once in order, no reconnect")
 
 
 async def test_a_silent_redis_is_noticed_within_the_liveness_bound_and_caught_up_after(
@@ -230,6 +231,7 @@ async def test_a_silent_redis_is_noticed_within_the_liveness_bound_and_caught_up
     # A ping is sent every HEALTH_INTERVAL; the one in flight at the stop goes unanswered.
     assert noticed_after >= LIVENESS_TIMEOUT - HEALTH_INTERVAL - 0.5
     assert noticed_after <= LIVENESS_TIMEOUT + HEALTH_INTERVAL + 0.5
+    print(f"\nSIGSTOP noticed after {noticed_after:.2f} s")
     assert replica.reconnects == 1
     assert [m.text for m in stored] == ["before", "sent while stopped", "after"]
     assert received == stored and received[0] == before[0] and received[-1] == after[0]
@@ -248,6 +250,7 @@ async def test_a_killed_redis_is_noticed_at_once_and_followed_again_when_it_is_b
             await replica.wait_connected()
         after = await post(replica, "killed", "after")
         received = await receive(subscriber, 2)
+    print(f"\nkilled redis-server noticed after {noticed_after:.3f} s")
     assert noticed_after < 1
     assert replica.reconnects == 1
     assert received == before + after
