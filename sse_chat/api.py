@@ -30,6 +30,7 @@ from .stream_request import read_stream_request, require_room
 
 RETRY_AFTER_SECONDS = "1"
 FORM_FIELDS_MAX = 16
+COOKIE_MAX_AGE = 400 * 24 * 3600  # browsers keep a cookie at most this long anyway
 
 api = Blueprint("api", __name__)
 
@@ -153,7 +154,7 @@ async def open_session() -> Response:
     response.set_cookie(
         COOKIE,
         cast(str, credentials.token()),
-        max_age=max(0, int(grant.expires - time.time())),
+        max_age=max(0, min(COOKIE_MAX_AGE, int(grant.expires - time.time()))),
         path="/",
         secure=_behind_tls(replica),
         httponly=True,

@@ -89,6 +89,8 @@ def create_app(settings: Settings | None = None) -> ChatApp:
     app.replica = replica = Replica(settings)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep a message's field order
+    # `/rooms/a%2F/events` is no room (404), not a redirect to `/rooms/a/events`.
+    app.url_map.merge_slashes = False
     app.register_blueprint(api)
 
     @app.get("/")

@@ -160,6 +160,11 @@ async def _serve_connections(
                 replica, client, data, head_length
             ):
                 return
+        except Exception:
+            # One connection's failure is a bug to log, never the end of the replica.
+            log.exception("failed to serve a connection's first request")
+            client.close()
+            return
         except BaseException:
             client.close()
             raise

@@ -89,7 +89,7 @@ def read_stream_request(
     if multi:
         rooms = parse_rooms(args["rooms"], settings.max_rooms_per_stream)
     else:
-        rooms = (room or DEFAULT_ROOM,)
+        rooms = (DEFAULT_ROOM if room is None else room,)
         require_room(rooms[0])
     grant = access.authorize(rooms, "read", credentials)
     after: dict[str, MessageId] = {}

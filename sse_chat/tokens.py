@@ -116,7 +116,11 @@ class TokenVerifier:
         user = claims["sub"]
         if not isinstance(user, str) or not user:
             raise InvalidToken("the token's `sub` claim must name the user")
-        return Grant(user=user, rooms=tuple(rooms), expires=float(claims["exp"]))
+        try:
+            expires = float(claims["exp"])
+        except (OverflowError, TypeError, ValueError):
+            raise InvalidToken("the token's `exp` claim is out of range") from None
+        return Grant(user=user, rooms=tuple(rooms), expires=expires)
 
 
 def issue_token(

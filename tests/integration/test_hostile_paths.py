@@ -14,17 +14,6 @@ import pytest
 
 from .support import TIMEOUT, RunningReplica
 
-SLASH_REDIRECT = pytest.mark.xfail(
-    strict=True,
-    reason="Werkzeug merges the `//` that a decoded %2F leaves at either end of the room and "
-    "answers 308 to /rooms/lobby/..., so the bad room name `lobby/` is served as lobby",
-)
-EMPTY_ROOM_IS_LOBBY = pytest.mark.xfail(
-    strict=True,
-    reason="stream_request.read_stream_request takes `room or DEFAULT_ROOM`: the intake "
-    "streams lobby for /rooms//events where Quart answers 404",
-)
-
 
 async def _status(replica: RunningReplica, path: str, later: bool) -> int:
     """The status of GET `path`, as a connection's first request or as a later one."""
@@ -41,8 +30,8 @@ async def _status(replica: RunningReplica, path: str, later: bool) -> int:
 @pytest.mark.parametrize(
     "room",
     [
-        pytest.param("lobby/", marks=SLASH_REDIRECT),
-        pytest.param("/lobby", marks=SLASH_REDIRECT),
+        pytest.param("lobby/"),
+        pytest.param("/lobby"),
         "a/b",
         "/",
         "lobby%2F",  # sent as %252F: the room name is the text `lobby%2F`
@@ -57,8 +46,7 @@ async def test_a_room_with_a_slash_is_not_found_rather_than_another_room(
 @pytest.mark.parametrize(
     ("what", "later"),
     [
-        pytest.param(what, later, id=f"{what}, {'later' if later else 'first'} request",
-                     marks=EMPTY_ROOM_IS_LOBBY if (what, later) == ("events", False) else ())
+        pytest.param(what, later, id=f"{what}, {'later' if later else 'first'} request")
         for what in ("events", "messages", "presence")
         for later in (False, True)
     ],
