@@ -61,7 +61,9 @@ def _bad_tokens() -> dict[str, str]:
     now = int(time.time())
     return {
         "expired": token(ttl=-120),
-        "badly signed": jwt.encode({"sub": "ana", "exp": now + 600}, b"another key, also long enough for HS256", "HS256"),
+        "badly signed": jwt.encode(
+            {"sub": "ana", "exp": now + 600}, b"another key, also long enough for HS256", "HS256"
+        ),
         "alg none": jwt.encode({"sub": "ana", "exp": now + 600}, None, algorithm="none"),
         "no exp": jwt.encode({"sub": "ana"}, SECRET, "HS256"),
         "garbage": "not.a.token",
