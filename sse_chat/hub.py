@@ -42,7 +42,7 @@ class Subscriber:
     are made only for a stream whose task waits on them.
     """
 
-    __slots__ = ("_lot", "_pending", "_pending_bytes", "_presence", "_writer", "after",
+    __slots__ = ("_lot", "_notice", "_pending", "_pending_bytes", "_presence", "_writer", "after",
                  "closed", "cursor", "limit", "oldest_queued_at", "overflowed", "room")  # fmt: skip
 
     def __init__(
@@ -59,6 +59,7 @@ class Subscriber:
         self._pending: deque[Message] | None = None
         self._pending_bytes = 0
         self._presence: Presence | None = None  # only the latest view matters
+        self._notice: bytes | None = None  # a `gap` frame waiting to go before the messages
         self.oldest_queued_at = 0.0  # trio clock: when the oldest waiting message arrived
         # Shared by the subscribers of one stream of several rooms, which wait together.
         self._lot = lot
@@ -78,6 +79,9 @@ class Subscriber:
         if self.closed:
             return
         self._writer = writer
+        notice = self.take_notice()
+        if notice is not None:
+            self.write(chunk(notice))
         queued, self._pending, self._pending_bytes = self._pending or (), None, 0
         for message in queued:
             self.push(message)
@@ -149,6 +153,22 @@ class Subscriber:
         self._presence = presence
         self._wake()
 
+    def push_notice(self, frame: bytes) -> None:
+        """An event in the stream's order (a `gap`): written to an attached socket, or queued
+        to go before the messages queued after it."""
+        if self.closed:
+            return
+        if self._writer is not None:
+            self.write(chunk(frame))
+            return
+        self._notice = (self._notice or b"") + frame
+        self._wake()
+
+    def take_notice(self) -> bytes | None:
+        """The events queued by `push_notice` since the last call, if any."""
+        notice, self._notice = self._notice, None
+        return notice
+
     def take_presence(self) -> Presence | None:
         """The presence view waiting since the last call, if any."""
         presence, self._presence = self._presence, None
@@ -160,7 +180,7 @@ class Subscriber:
             return
         self.closed = True
         self._pending, self._pending_bytes = None, 0
-        self._presence = None
+        self._presence = self._notice = None
         self._wake()
         if self._writer is not None:
             self._writer.wake()
@@ -172,13 +192,20 @@ class Subscriber:
     @property
     def waiting(self) -> bool:
         """Messages or a presence view wait to be taken, or the subscription ended."""
-        return bool(self._pending) or self._presence is not None or self.closed
+        return (
+            bool(self._pending)
+            or self._presence is not None
+            or self._notice is not None
+            or self.closed
+        )
 
     async def receive_batch(self) -> list[Message]:
         """Wait for messages (or a presence view) and take all messages waiting, oldest first.
 
         Messages up to `after` are skipped (the client has them from its replay).
         """
+        if self.waiting:
+            await trio.lowlevel.checkpoint()
         while not self.waiting:
             await self.park()
         return self.take_batch()
@@ -289,6 +316,12 @@ class Hub:
         frame = chunk(sse.presence_frame(presence))
         for subscriber in tuple(subscribers):
             subscriber.push_presence(presence, frame)
+
+    def publish_gap(self, room: str, after: MessageId, oldest: MessageId | None) -> None:
+        """Tell the room's subscribers that messages after `after` were lost to trimming."""
+        frame = sse.gap_frame(room, after, oldest)
+        for subscriber in tuple(self._rooms.get(room, ())):
+            subscriber.push_notice(frame)
 
     def has_subscribers(self, room: str) -> bool:
         """True while at least one local client follows `room`."""

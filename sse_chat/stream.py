@@ -267,6 +267,9 @@ def _take_frames(stream: OpenStream) -> list[bytes]:
     metrics = stream.replica.metrics
     parts = []
     for subscriber in stream.subscribers:
+        notice = subscriber.take_notice()
+        if notice is not None:
+            parts.append(notice)
         batch = subscriber.take_batch()
         if batch:
             metrics.messages_delivered.inc(len(batch))

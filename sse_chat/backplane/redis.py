@@ -89,7 +89,9 @@ _REDIS_ERRORS = (
 
 # Deadlines count event-loop run time (see LoopClock), not wall time.
 COMMAND_TIMEOUT = 2.0  # seconds a client's command may wait before it fails (503 for a POST)
-LIVENESS_TIMEOUT = 5.0  # seconds Redis may leave a session's command or self-ping unanswered
+# Seconds of loop run time Redis may leave a session's command or self-ping unanswered: generous,
+# since a swamped loop reads replies late (a closed or reset connection is noticed at once).
+LIVENESS_TIMEOUT = 15.0
 HEALTH_INTERVAL = 1.0  # seconds between self-pings through the pub/sub connection
 # Messages forwarded within this window reach the hub together, so each stream gets them in one
 # write. Under load, when pub/sub delivers a backlog at once, this saves a write per message.
@@ -351,7 +353,7 @@ class RedisBackplane:
                 last,
                 oldest,
             )
-            # TODO(lead): notify subscribers of the gap
+            self._hub.publish_gap(room, last, oldest)
         for message in messages:
             self._forward(room, message)
         return len(messages)

@@ -116,13 +116,19 @@ async def start_backplane(nursery: trio.Nursery) -> AsyncIterator[StartBackplane
     yield start
 
 
-async def receive(subscriber: Subscriber, count: int) -> list[Message]:
-    """The subscriber's next `count` messages (fails after TIMEOUT)."""
+async def receive(
+    subscriber: Subscriber, count: int, notices: list[bytes] | None = None
+) -> list[Message]:
+    """The subscriber's next `count` messages (fails after TIMEOUT); events queued for it
+    (a `gap`) go to `notices`."""
     received: list[Message] = []
     with trio.fail_after(TIMEOUT):
         while len(received) < count:
             received += await subscriber.receive_batch()
             subscriber.take_presence()  # a view waiting would end every wait at once
+            notice = subscriber.take_notice()
+            if notice is not None and notices is not None:
+                notices.append(notice)
     return received
 
 
@@ -312,8 +318,10 @@ async def test_a_trim_during_an_interruption_is_noticed_as_a_gap(
         proxy.restore()
         with trio.fail_after(TIMEOUT):
             await replica.wait_connected()
-        received = await receive(subscriber, 5)
+        notices: list[bytes] = []
+        received = await receive(subscriber, 5, notices)
     assert replica.gaps == 1
+    assert len(notices) == 1 and b"event: gap" in notices[0] and b'"room":"trimmed"' in notices[0]
     assert received == missed[-5:]  # what history kept, in order
 
 
