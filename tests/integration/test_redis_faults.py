@@ -12,6 +12,7 @@ import trio
 from sse_chat.client import read_events
 
 from .conftest import StartReplica
+from .redis_proxy import Proxy
 from .redis_server import RedisServer
 from .support import (
     TIMEOUT,
@@ -183,3 +184,41 @@ async def test_while_redis_is_down_posts_get_503_and_streams_wait_for_it(
         assert refused.status_code == 503
         assert refused.json()["error"] == "unavailable"
     assert posted.headers["retry-after"]
+
+
+async def test_streams_opened_while_redis_is_away_get_200_then_exactly_what_they_are_owed(
+    nursery: trio.Nursery, start_replica: StartReplica, redis: RedisServer
+) -> None:
+    """Replica B loses Redis while A keeps posting; streams opened on B meanwhile (fresh, and
+    resuming from an id) are answered 200 and, once Redis is back, get what they missed once
+    and in order, then live messages."""
+    proxy = Proxy(nursery, redis)
+    await proxy.start()
+    a = await start_replica(redis_url=redis.url)
+    b = await start_replica(redis_url=proxy.url, keepalive_seconds=0.2)
+    async with a.client() as poster, b.client() as client, open_stream(client, "/rooms/r/events"):
+        seen = await post(poster, "seen by b", room="r")
+        proxy.cut()
+        await wait_until(lambda: not b.app.replica.backplane.connected)
+        missed = [await post(poster, f"missed {n}", room="r") for n in range(3)]
+        resume = {"Last-Event-ID": seen["id"]}
+        async with (
+            client.stream("GET", "/rooms/r/events") as fresh_response,
+            client.stream("GET", "/rooms/r/events", headers=resume) as resumed_response,
+            aclosing(read_events(fresh_response)) as fresh_events,
+            aclosing(read_events(resumed_response)) as resumed_events,
+        ):
+            fresh = EventStream(fresh_response, fresh_events)
+            resumed = EventStream(resumed_response, resumed_events)
+            readies = [await fresh.next_named("ready"), await resumed.next_named("ready")]
+            assert (await resumed.next_event()).comment == "keepalive"  # waiting, not dead
+            proxy.restore()
+            got_resumed = [json.loads(e.data) for e in await resumed.messages(3)]
+            got_fresh = [json.loads(e.data) for e in await fresh.messages(3)]
+            live = await post(poster, "live", room="r")
+            assert json.loads((await resumed.next_named("message")).data) == live
+            assert json.loads((await fresh.next_named("message")).data) == live
+    assert [response.status_code for response in (fresh_response, resumed_response)] == [200, 200]
+    assert [json.loads(ready.data)["live"] for ready in readies] == [False, False]
+    assert got_resumed == missed  # from its Last-Event-ID
+    assert got_fresh == missed  # after the newest message b had forwarded in the room
