@@ -17,7 +17,7 @@ import trio
 from quart import Blueprint, Response, current_app, request
 
 from .access import COOKIE, Credentials, credentials_from
-from .backplane import BackplaneUnavailable
+from .backplane import BackplaneUnavailable, IdempotencyConflict, OutcomeUnknown
 from .direct import connection_socket
 from .errors import ApiError
 from .messages import DEFAULT_ROOM, InvalidMessage, parse_draft
@@ -53,6 +53,7 @@ async def post_message(room: str = DEFAULT_ROOM) -> tuple[dict[str, Any], int]:
     settings = replica.settings
     require_room(room)
     grant = replica.access.authorize([room], "post", _credentials())
+    idempotency_key = _idempotency_key()
     fields = await _read_fields(settings.body_timeout_seconds)
     if grant is not None:
         fields.setdefault("user", grant.user)  # a token posts as its `sub`
@@ -66,11 +67,39 @@ async def post_message(room: str = DEFAULT_ROOM) -> tuple[dict[str, Any], int]:
         )
     await _check_post_rate(replica)
     try:
-        message = await replica.backplane.append(draft)
+        message = await replica.backplane.append(draft, idempotency_key)
+    except IdempotencyConflict:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for another message; use a new key for a new one",
+        ) from None
+    except OutcomeUnknown as late:
+        raise ApiError(
+            503,
+            "outcome_unknown",
+            f"the message may or may not be stored ({late}); retry with the same"
+            " Idempotency-Key, never without one",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        ) from None
     except BackplaneUnavailable as down:
         raise _unavailable(f"the message could not be stored: {down}") from None
     replica.metrics.messages_posted.inc()
     return message.to_dict(), 201
+
+
+def _idempotency_key() -> str | None:
+    """The `Idempotency-Key` header: 1-255 visible ASCII characters; 400 otherwise."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not all("!" <= char <= "~" for char in key):
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            "an Idempotency-Key is 1-255 visible ASCII characters (no spaces)",
+        )
+    return key
 
 
 @api.get("/rooms/<room>/messages")

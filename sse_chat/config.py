@@ -54,6 +54,7 @@ class Settings:
     # Open streams on one replica: by default the open-file limit less 1,000 for everything else,
     # so the cap answers before `accept` fails with EMFILE.
     max_streams: int = field(default_factory=lambda: default_max_streams())
+    idempotency_seconds: int = 86400  # how long a POST's Idempotency-Key is remembered
     max_rooms_per_stream: int = 50  # rooms one `GET /events?rooms=` stream may follow
     listen_backlog: int = 4096  # the kernel caps it at net.core.somaxconn
     max_streams_per_client: int = 50  # open streams of one client address on one replica
@@ -76,6 +77,7 @@ class Settings:
             "client_buffer_bytes",
             "listen_backlog",
             "max_rooms_per_stream",
+            "idempotency_seconds",
             "max_user_length",
             "max_text_length",
             "max_body_bytes",

@@ -32,7 +32,12 @@ class Replica:
     def _default_backplane(self) -> Backplane:
         settings = self.settings
         if not settings.redis_url:
-            return MemoryBackplane(self.hub, settings.replica_id, settings.history_size)
+            return MemoryBackplane(
+                self.hub,
+                settings.replica_id,
+                settings.history_size,
+                idempotency_seconds=settings.idempotency_seconds,
+            )
         try:
             target = parse_redis_url(settings.redis_url, settings.redis_password)
         except ValueError as bad:
@@ -44,6 +49,7 @@ class Replica:
             target,
             settings.redis_prefix,
             settings.presence_ttl_seconds,
+            settings.idempotency_seconds,
         )
 
     @property

@@ -1,6 +1,21 @@
 """Backplanes: the embedded one (default) and, when configured, Redis."""
 
-from .base import Backplane, BackplaneUnavailable, Replay, subscribed
+from .base import (
+    Backplane,
+    BackplaneUnavailable,
+    IdempotencyConflict,
+    OutcomeUnknown,
+    Replay,
+    subscribed,
+)
 from .memory import MemoryBackplane
 
-__all__ = ["Backplane", "BackplaneUnavailable", "MemoryBackplane", "Replay", "subscribed"]
+__all__ = [
+    "Backplane",
+    "BackplaneUnavailable",
+    "IdempotencyConflict",
+    "MemoryBackplane",
+    "OutcomeUnknown",
+    "Replay",
+    "subscribed",
+]

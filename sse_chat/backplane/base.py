@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +18,21 @@ from ..presence import Presence
 
 class BackplaneUnavailable(Exception):
     """The message cannot be stored and forwarded right now (nothing was stored)."""
+
+
+class OutcomeUnknown(BackplaneUnavailable):
+    """The store did not answer in time: the message may be stored and delivered, or not.
+    Retry only with the same idempotency key."""
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used for another message (another user or text)."""
+
+
+def fingerprint(draft: Draft) -> str:
+    """What an idempotency key is bound to: the message's room, user and text."""
+    digest = hashlib.sha256(f"{draft.room}\0{draft.user}\0{draft.text}".encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +59,12 @@ class Backplane(Protocol):
         """Do the background work (connections, subscriptions) until cancelled."""
         ...
 
-    async def append(self, draft: Draft) -> Message:
-        """Give the draft its id, store it and publish it, as one step; or raise Unavailable."""
+    async def append(self, draft: Draft, idempotency_key: str | None = None) -> Message:
+        """Give the draft its id, store it and publish it, as one step; or raise Unavailable.
+
+        With an `idempotency_key` seen before in the room (within the replica's idempotency
+        window), nothing is stored: the message stored then is returned, or
+        IdempotencyConflict raised if it was another one. Check and append are one step."""
         ...
 
     async def recent(self, room: str, limit: int) -> list[Message]:

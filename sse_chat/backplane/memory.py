@@ -13,7 +13,7 @@ from ..hub import Hub
 from ..ids import ZERO_ID, MessageId
 from ..messages import Draft, Message
 from ..presence import LocalPresence, Presence
-from .base import Replay
+from .base import IdempotencyConflict, Replay, fingerprint
 
 
 class _RoomLog:
@@ -37,8 +37,12 @@ class MemoryBackplane:
         replica: str,
         history_size: int,
         clock: Callable[[], float] = time.time,
+        idempotency_seconds: float = 86400,
     ) -> None:
         self._hub = hub
+        self._idempotency_seconds = idempotency_seconds
+        # (room, key) -> (fingerprint, message, expires at)
+        self._keys: dict[tuple[str, str], tuple[str, Message, float]] = {}
         self._replica = replica
         self._history_size = history_size
         self._clock = clock
@@ -55,11 +59,19 @@ class MemoryBackplane:
         task_status.started()
         await trio.sleep_forever()
 
-    async def append(self, draft: Draft) -> Message:
+    async def append(self, draft: Draft, idempotency_key: str | None = None) -> Message:
+        now = self._clock()
+        if idempotency_key is not None:
+            if len(self._keys) > 100_000:  # forget expired keys before they pile up
+                self._keys = {k: v for k, v in self._keys.items() if v[2] > now}
+            seen = self._keys.get((draft.room, idempotency_key))
+            if seen is not None and seen[2] > now:
+                if seen[0] != fingerprint(draft):
+                    raise IdempotencyConflict(idempotency_key)
+                return seen[1]
         log = self._rooms.get(draft.room)
         if log is None:
             log = self._rooms[draft.room] = _RoomLog(self._history_size)
-        now = self._clock()
         log.last_id = log.last_id.successor(int(now * 1000))
         message = Message.from_draft(
             draft, log.last_id, self._replica, datetime.fromtimestamp(now, UTC)
@@ -67,6 +79,9 @@ class MemoryBackplane:
         if len(log.messages) == log.messages.maxlen:
             log.trimmed_id = log.messages[0].id
         log.messages.append(message)
+        if idempotency_key is not None:
+            expires = now + self._idempotency_seconds
+            self._keys[(draft.room, idempotency_key)] = (fingerprint(draft), message, expires)
         self._hub.publish(message)
         return message
 

@@ -37,7 +37,13 @@ from ..hub import Hub
 from ..ids import ZERO_ID, MessageId
 from ..messages import Draft, Message, format_ts
 from ..presence import Presence
-from .base import BackplaneUnavailable, Replay
+from .base import (
+    BackplaneUnavailable,
+    IdempotencyConflict,
+    OutcomeUnknown,
+    Replay,
+    fingerprint,
+)
 from .loop_clock import LoopClock
 from .redis_presence import RedisPresence
 from .redis_target import BACKSTOP_TIMEOUT, RedisTarget, open_redis, parse_redis_url
@@ -51,6 +57,14 @@ _T = TypeVar("_T")
 # Records the newest id that trimming drops, so a resume from before it can report a gap
 # (Redis 7.0's max-deleted-entry-id does not count trimmed entries).
 _APPEND_LUA = """
+if #KEYS == 4 then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then
+    local at = string.find(seen, ' ', 1, true)
+    if string.sub(seen, 1, at - 1) ~= ARGV[3] then return {'conflict'} end
+    return {'replay', string.sub(seen, at + 1)}
+  end
+end
 local size = tonumber(ARGV[1])
 local length = redis.call('XLEN', KEYS[1])
 if length >= size then
@@ -59,7 +73,10 @@ if length >= size then
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', size, '*', 'm', ARGV[2])
 redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[2])
-return id
+if #KEYS == 4 then
+  redis.call('SET', KEYS[4], ARGV[3] .. ' ' .. id .. ' ' .. ARGV[2], 'EX', ARGV[4])
+end
+return {'new', id}
 """
 
 # KEYS: stream, trimmed-id key. ARGV: exclusive start id. One consistent read for a resume.
@@ -107,8 +124,10 @@ class RedisBackplane:
     """Rooms in Redis streams, delivered to every replica through pub/sub."""
 
     def __init__(self, hub: Hub, replica: str, history_size: int, target: RedisTarget,
-                 prefix: str = "sse-chat", presence_ttl: float = 20.0) -> None:  # fmt: skip
+                 prefix: str = "sse-chat", presence_ttl: float = 20.0,
+                 idempotency_seconds: int = 86400) -> None:  # fmt: skip
         self._hub = hub
+        self._idempotency_seconds = idempotency_seconds
         self._replica = replica
         self._history_size = history_size
         self._target = target
@@ -136,6 +155,9 @@ class RedisBackplane:
     # -- keys ---------------------------------------------------------------------------
     def _stream_key(self, room: str) -> str:
         return f"{self._prefix}:room:{room}:messages"
+
+    def _idempotency_key(self, room: str, key: str) -> str:
+        return f"{self._prefix}:room:{room}:idempotency:{key}"
 
     def _trimmed_key(self, room: str) -> str:
         return f"{self._prefix}:room:{room}:trimmed"
@@ -168,17 +190,24 @@ class RedisBackplane:
                 self._client = None
                 self._session_ended()
 
-    async def append(self, draft: Draft) -> Message:
+    async def append(self, draft: Draft, idempotency_key: str | None = None) -> Message:
         self._require_client()
         now = datetime.now(UTC)
         body = _encode_body(draft.room, draft.user, draft.text, format_ts(now), self._replica)
         room = draft.room
-        with self._redis_errors_as_unavailable():
-            raw_id = await self._append_script(
-                keys=[self._stream_key(room), self._channel(room), self._trimmed_key(room)],
-                args=[self._history_size, body],
-            )
-        return _decode(str(raw_id), body)
+        keys = [self._stream_key(room), self._channel(room), self._trimmed_key(room)]
+        args: list[str | int] = [self._history_size, body]
+        if idempotency_key is not None:
+            keys.append(self._idempotency_key(room, idempotency_key))
+            args += [fingerprint(draft), self._idempotency_seconds]
+        with self._redis_errors_as_unavailable(writes=True):
+            outcome = await self._append_script(keys=keys, args=args)
+        if outcome[0] == "conflict":
+            raise IdempotencyConflict(idempotency_key)
+        if outcome[0] == "replay":
+            raw_id, _, stored = _text(outcome[1]).partition(" ")
+            return _decode(raw_id, stored)
+        return _decode(_text(outcome[1]), body)
 
     async def recent(self, room: str, limit: int) -> list[Message]:
         client = self._require_client()
@@ -255,15 +284,18 @@ class RedisBackplane:
         return self._client
 
     @contextmanager
-    def _redis_errors_as_unavailable(self) -> Iterator[None]:
-        """A client's command: Redis errors, and no answer within COMMAND_TIMEOUT, fail it."""
+    def _redis_errors_as_unavailable(self, writes: bool = False) -> Iterator[None]:
+        """A client's command: Redis errors, and no answer within COMMAND_TIMEOUT, fail it.
+
+        A command that `writes` and got no answer may have run: its outcome is unknown."""
         try:
             with self._clock.move_on_after(COMMAND_TIMEOUT) as deadline:
                 yield
         except _REDIS_ERRORS as error:
             raise BackplaneUnavailable(f"Redis: {_describe(error)}") from error
         if deadline.cancelled_caught:
-            raise BackplaneUnavailable(f"Redis: no answer within {COMMAND_TIMEOUT:g} s")
+            late = f"Redis: no answer within {COMMAND_TIMEOUT:g} s"
+            raise (OutcomeUnknown if writes else BackplaneUnavailable)(late)
 
     @contextmanager
     def _answered_in_time(self, what: str) -> Iterator[None]:

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 from playwright.sync_api import Page, Request, Route, expect
 
 from .chat import assert_each_once_in_order, expect_connected, expect_texts, pick_name
@@ -112,10 +111,6 @@ def test_a_dropped_request_is_retried_showing_that_it_is_sending_and_appears_onc
     assert_each_once_in_order(page)
 
 
-@pytest.mark.xfail(
-    reason="needs the server side of Idempotency-Key (#13); remove this mark when it lands",
-    strict=True,
-)
 def test_a_send_whose_answer_is_lost_is_stored_once(
     new_page: OpenPage, replicas: list[Replica], room: str
 ) -> None:
