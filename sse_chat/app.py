@@ -31,6 +31,7 @@ def static_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "static"
 
 
+SETTLE_SECONDS = 1.0  # how long a stopping replica waits to tell others who left
 _SECURITY_HEADERS = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS]
 
 
@@ -115,6 +116,9 @@ def create_app(settings: Settings | None = None) -> ChatApp:
 
     @app.after_serving
     async def stop_backplane() -> None:
+        # The users of the streams just ended leave on every replica before we go.
+        with trio.move_on_after(SETTLE_SECONDS):
+            await replica.backplane.settle()
         backplane_scope.cancel()
 
     @app.after_request

@@ -105,6 +105,10 @@ class Backplane(Protocol):
         """Count one stream of `user` in `room` less (never waits; works while disconnected)."""
         ...
 
+    async def settle(self) -> None:
+        """Before stopping: until what this replica changed (who left) reached every replica."""
+        ...
+
     async def presence(self, room: str) -> Presence:
         """Who is online in `room`, on every replica."""
         ...

@@ -272,6 +272,9 @@ class RedisBackplane:
     def mark_absent(self, room: str, user: str) -> None:
         self._presence.mark_absent(room, user)
 
+    async def settle(self) -> None:
+        await self._presence.written()
+
     async def presence(self, room: str) -> Presence:
         client = self._require_client()
         with self._redis_errors_as_unavailable():

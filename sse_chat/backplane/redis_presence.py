@@ -41,6 +41,8 @@ class RedisPresence:
         # (room, user) -> "joined" or "left": changes not yet written to Redis, one per user.
         self._changes: dict[tuple[str, str], str] = {}
         self._changed = trio.Event()
+        self._all_written = trio.Event()  # set while no change waits or is being written
+        self._all_written.set()
         self._notices_send, self._notices = trio.open_memory_channel[tuple[str, dict[str, str]]](
             math.inf
         )
@@ -89,6 +91,8 @@ class RedisPresence:
                     await client.publish(
                         self._channel(room), f"presence {json.dumps({change: user})}"
                     )
+                if not self._changes:
+                    self._all_written.set()
             except BaseException:
                 # Not written: keep it for the next session, unless the user changed since.
                 self._changes.setdefault((room, user), change)
@@ -144,6 +148,12 @@ class RedisPresence:
         else:
             self._changes[key] = change
         self._changed.set()
+        if self._all_written.is_set():
+            self._all_written = trio.Event()
+
+    async def written(self) -> None:
+        """Until every change queued so far is written to Redis."""
+        await self._all_written.wait()
 
     async def _users_online(self, client: coredis.Redis[str], room: str) -> set[str]:
         members = await client.zrange(
