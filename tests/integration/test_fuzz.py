@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -155,6 +156,38 @@ def test_any_post_is_answered_below_500_and_refusals_store_nothing(
     accepted = response.status_code == 201
     counted = accepted and response.json()["room"] in ("lobby", "fuzz")  # the rooms we watch
     assert _stored(client) == before + (1 if counted else 0)
+
+
+IDEMPOTENCY_KEYS = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300)
+
+
+@SETTINGS
+@given(key=IDEMPOTENCY_KEYS, text=st.text(min_size=1, max_size=20), other=st.booleans())
+def test_any_idempotency_key_stores_a_message_at_most_once(
+    client: httpx.Client, key: str, text: str, other: bool
+) -> None:
+    """Twice the same key: once stored (or refused clearly), never a 5xx, never twice; with
+    another text the second is a 422 that stores nothing."""
+    key = f"{uuid.uuid4().hex}{key}" if key else key  # a key of its own per case
+    headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
+    before = _stored(client)
+    first = client.post("/rooms/fuzz/messages", json={"user": "f", "text": text}, headers=headers)
+    second_text = text + "!" if other else text
+    second = client.post(
+        "/rooms/fuzz/messages", json={"user": "f", "text": second_text}, headers=headers
+    )
+    for response in (first, second):
+        _assert_refusal_shape(response)
+    if first.status_code == 201:
+        if other:
+            assert second.status_code == 422, second.text
+            assert second.json()["error"] == "idempotency_key_reused"
+        else:
+            assert second.status_code == 201 and second.json() == first.json()
+        assert _stored(client) == before + 1
+    else:
+        assert first.json()["error"] in ("invalid_idempotency_key", "invalid_message")
+        assert _stored(client) == before
 
 
 STREAM_STATUSES = {200, 400, 404, 422}  # a 4xx only where retrying cannot help
