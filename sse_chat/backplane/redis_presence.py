@@ -27,6 +27,10 @@ from ..presence import LocalPresence, Presence
 Answered = Callable[[str], AbstractContextManager[None]]
 
 
+VIEW_SECONDS = 0.25  # how long a room's presence read from Redis serves streams that open
+MAX_VIEWS = 10_000  # rooms whose view is kept before expired ones are dropped
+
+
 class RedisPresence:
     """This replica's users per room, written to Redis, and views of every replica's."""
 
@@ -41,6 +45,9 @@ class RedisPresence:
         # (room, user) -> "joined" or "left": changes not yet written to Redis, one per user.
         self._changes: dict[tuple[str, str], str] = {}
         self._changed = trio.Event()
+        # room -> (fresh until, users on other replicas): one read shared by streams opening
+        self._views: dict[str, tuple[float, set[str]]] = {}
+        self._reading: dict[str, trio.Event] = {}
         self._all_written = trio.Event()  # set while no change waits or is being written
         self._all_written.set()
         self._notices_send, self._notices = trio.open_memory_channel[tuple[str, dict[str, str]]](
@@ -60,12 +67,40 @@ class RedisPresence:
         return self._local.rooms()
 
     async def view(self, client: coredis.Redis[str], room: str) -> Presence:
-        """Who is online in `room`, on every replica."""
-        users = await self._users_online(client, room)
+        """Who is online in `room`, on every replica.
+
+        In a reconnect storm thousands of streams of one room open at once and each wants
+        this view: they share one read of Redis (and its result for VIEW_SECONDS) rather than
+        making thousands; a change after it still reaches every stream as a presence event.
+        """
+        now = trio.current_time()
+        cached = self._views.get(room)
+        if cached is not None and cached[0] > now:
+            users = cached[1]
+        else:
+            reading = self._reading.get(room)
+            if reading is None:
+                self._reading[room] = reading = trio.Event()
+                try:
+                    users = await self._users_online(client, room)
+                    self._views[room] = (trio.current_time() + VIEW_SECONDS, users)
+                finally:
+                    del self._reading[room]
+                    reading.set()
+            else:
+                await reading.wait()
+                cached = self._views.get(room)
+                if cached is None:  # the read failed: try on our own
+                    users = await self._users_online(client, room)
+                else:
+                    users = cached[1]
+            if len(self._views) > MAX_VIEWS:
+                self._views = {r: v for r, v in self._views.items() if v[0] > now}
         return Presence(room, tuple(sorted(users | self._local.users(room))))
 
     def notice(self, room: str, data: str) -> None:
         """A `presence` notice read from a room's channel (the text after `presence `)."""
+        self._views.pop(room, None)  # a view read before it is out of date
         try:
             change = json.loads(data)
         except ValueError:
