@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import trio
@@ -163,11 +164,23 @@ async def test_every_response_names_its_replica(client: httpx.AsyncClient) -> No
 
 
 async def test_the_chat_page_and_its_assets_are_served(client: httpx.AsyncClient) -> None:
+    """The page, and every script it loads (modules it imports, workers it starts)."""
     page = await client.get("/")
-    script = await client.get("/static/connection.js")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<script type="module" src="/static/main.js">' in page.text
-    assert script.status_code == 200 and "EventSource" in script.text
+    scripts: dict[str, str] = {}
+    waiting = ["main.js"]
+    while waiting:
+        name = waiting.pop()
+        if name in scripts:
+            continue
+        script = await client.get(f"/static/{name}")
+        assert script.status_code == 200, name
+        assert "javascript" in script.headers["content-type"], name
+        scripts[name] = script.text
+        waiting += re.findall(r"""["'](?:\./|/static/)([\w-]+\.js)["']""", script.text)
+    assert len(scripts) > 1
+    assert any("EventSource" in text for text in scripts.values())  # the stream is opened
 
 
 async def test_the_page_forbids_inline_script_and_type_sniffing(client: httpx.AsyncClient) -> None:
