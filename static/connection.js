@@ -1,13 +1,13 @@
-// The room's live stream: one EventSource that resumes from the last message id after every
-// reconnect (no gap, no duplicate). EventSource comes back by itself after a stream ends; it
-// gives up for good only on a refusal, and only then does the page ask why (a token, or not).
+// This tab's end of the browser's one stream (stream-hub.js): through the SharedWorker that all
+// the browser's tabs share, or, where SharedWorker is missing, through a stream of the tab's own.
+// Either way the tab says which rooms it needs and gets their events (see follow.js).
 
-import { refusal, showLock } from "./auth.js";
-import { show, showNotice, showPresence } from "./render.js";
-import { currentUser, setComposer, ui } from "./ui.js";
-import { isCurrent } from "./view.js";
+import { showLock } from "./auth.js";
+import { setLocked } from "./sidebar.js";
+import { StreamHub } from "./stream-hub.js";
+import { setComposer, ui } from "./ui.js";
 
-const OFFLINE_AFTER_MS = 20000;
+const WORKER_URL = "/static/stream-worker.js";
 
 const STATE_LABELS = {
   connecting: "connecting…",
@@ -19,6 +19,10 @@ const STATE_LABELS = {
   "token-expired": "token expired",
 };
 
+let channel = null; // postMessage goes to the stream: the worker's port, or the tab's own hub
+let handle = () => {};
+let lastWant = null; // repeated to a stream that starts over (a fallback, a page back from cache)
+
 export function setState(state) {
   if (ui.connection.dataset.state === state) return;
   ui.connection.dataset.state = state;
@@ -26,83 +30,68 @@ export function setState(state) {
   document.body.dataset.connection = state;
 }
 
-function streamUrl(view) {
-  const query = new URLSearchParams();
-  if (view.streamUser) query.set("user", view.streamUser);
-  // Only for a new EventSource; its own reconnects send Last-Event-ID, which the server prefers.
-  if (view.lastId) query.set("lastEventId", view.lastId);
-  const qs = query.toString();
-  return `/rooms/${encodeURIComponent(view.room)}/events${qs ? `?${qs}` : ""}`;
-}
-
-/** Stop the room's stream: the server refuses this browser the room (see auth.js `refusal`). */
+/** Stop showing the room: the server refuses this browser the room (see auth.js `refusal`). */
 export function lockRoom(view, kind) {
-  clearTimeout(view.retryTimer);
-  view.source?.close();
   view.locked = kind;
+  setLocked(view.room, true);
   setState(kind);
   setComposer({ locked: true });
   showLock(kind, view.room);
 }
 
-export function connect(view) {
-  clearTimeout(view.retryTimer);
-  view.source?.close();
-  view.streamUser = currentUser();
-  const source = new EventSource(streamUrl(view));
-  view.source = source;
-  const live = () => isCurrent(view) && view.source === source;
-
-  source.addEventListener("ready", (event) => {
-    if (!live()) return;
-    view.failures = 0;
-    view.failingSince = null;
-    ui.replica.textContent = JSON.parse(event.data).replica ?? "?";
-    setState("connected");
-  });
-  source.addEventListener("message", (event) => {
-    if (live()) show(JSON.parse(event.data), { fromStream: true });
-  });
-  source.addEventListener("presence", (event) => {
-    if (live()) showPresence(JSON.parse(event.data));
-  });
-  source.addEventListener("gap", () => {
-    if (live()) showNotice("Some messages from while you were away are no longer available.");
-  });
-  source.addEventListener("unavailable", (event) => {
-    // A full or draining replica ends the stream with a retry and EventSource comes back by
-    // itself; a token's expiry ends it for good: coming back needs a new token.
-    if (live() && JSON.parse(event.data).error === "token_expired") lockRoom(view, "token-expired");
-  });
-  source.addEventListener("error", () => {
-    if (!live()) return;
-    view.failures += 1;
-    view.failingSince ??= Date.now();
-    // Reconnecting is normal (a replica restarts); offline is when it has not worked for a while.
-    const offline = !navigator.onLine || Date.now() - view.failingSince > OFFLINE_AFTER_MS;
-    setState(offline ? "offline" : "reconnecting");
-    if (source.readyState === EventSource.CLOSED) afterRefusal(view, source);
-  });
+/** A stream of this tab's own, for browsers without SharedWorker (or when it fails to start). */
+function ownChannel() {
+  const hub = new StreamHub();
+  // Asynchronous like a port, so that a handler may send to the stream again.
+  const tab = { postMessage: (message) => queueMicrotask(() => handle(message)) };
+  return { postMessage: (message) => hub.receive(tab, message) };
 }
 
-/** The status a read of the room gets now (0: no answer), to learn why a stream was refused. */
-async function accessStatus(view) {
-  const url = `/rooms/${encodeURIComponent(view.room)}/messages?limit=1`;
+function sharedChannel() {
+  let worker;
   try {
-    return (await fetch(url, { signal: view.abort.signal })).status;
+    worker = new SharedWorker(WORKER_URL, { type: "module", name: "sse-chat-stream" });
   } catch {
-    return 0;
+    return null;
   }
+  let heard = false;
+  worker.addEventListener("error", () => {
+    if (heard) return; // it runs: its own failures come as "failure" messages
+    console.warn("sse-chat: the shared stream worker did not start; this tab streams alone");
+    channel = ownChannel();
+    if (lastWant) channel.postMessage(lastWant);
+  });
+  worker.port.addEventListener("message", (event) => {
+    heard = true;
+    handle(event.data);
+  });
+  worker.port.start();
+  return worker.port;
 }
 
-async function afterRefusal(view, source) {
-  const status = await accessStatus(view);
-  if (!isCurrent(view) || view.source !== source) return;
-  if (status === 401 || status === 403) {
-    lockRoom(view, refusal(status)); // retrying cannot help: a token can
-    return;
-  }
-  // Anything else may pass: start a new stream, resuming from the last id, with backoff.
-  const delay = Math.min(1000 * 2 ** Math.min(view.failures - 1, 4), 15000);
-  view.retryTimer = setTimeout(() => isCurrent(view) && connect(view), delay);
+/** Connect this tab to the stream; `onEvent` gets each of its events (see stream-hub.js). */
+export function startStream(onEvent) {
+  handle = onEvent;
+  channel = (typeof SharedWorker === "function" && sharedChannel()) || ownChannel();
+  window.addEventListener("pagehide", () => channel.postMessage({ type: "bye" }));
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted && lastWant) channel.postMessage(lastWant);
+  });
+}
+
+/** The rooms this tab needs now (all of them) and the name to be present as; the stream
+ * answers with "ready" once it has them all (at once if it had them already). */
+export function want(rooms, user) {
+  lastWant = { type: "want", rooms: [...new Set(rooms)], user };
+  channel.postMessage(lastWant);
+}
+
+/** A token was given: the stream tries the rooms it was refused again. */
+export function unlock() {
+  channel.postMessage({ type: "unlock" });
+}
+
+/** The network is back: come back at once rather than waiting out a backoff. */
+export function reconnect() {
+  channel.postMessage({ type: "reconnect" });
 }

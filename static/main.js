@@ -1,28 +1,33 @@
-// The chat page: history over fetch, then live messages and presence over EventSource, resuming
-// after every reconnect from the last message id the stream delivered (no gap, no duplicate).
+// The chat page: a room's history over fetch, then live messages and presence of all the
+// user's rooms over one stream per browser, shared by its tabs (a SharedWorker's EventSource),
+// which resumes every room after a reconnect (no gap, no duplicate).
 // This module only wires the page's controls to the modules that do the work:
-//   rooms.js (which room, its history)  connection.js (its stream)  render.js (the screen)
-//   send.js (posting, retried)  auth.js (tokens)  ui.js, view.js, names.js, storage.js (state)
+//   rooms.js (which room, its history)  sidebar.js, unread.js (the rooms, their unread counts)
+//   connection.js (this tab's end of the stream)  stream-hub.js, stream-worker.js (the stream)
+//   follow.js (the stream's events)  render.js (the screen)  send.js (posting, retried)
+//   auth.js (tokens)  ui.js, view.js, names.js, storage.js (state)
 
 import { giveToken, takeFragmentToken } from "./auth.js";
-import { connect, setState } from "./connection.js";
+import { reconnect, setState, startStream } from "./connection.js";
+import { onStreamEvent } from "./follow.js";
 import { DEFAULT_ROOM, ROOM_PATTERN, validUser } from "./names.js";
 import { clearUnread, isAtBottom, markOwnMessages, scrollToBottom } from "./render.js";
-import { openRoom, resumeRoom, roomFromUrl, switchRoom } from "./rooms.js";
+import { leaveRoom, openRoom, resumeRoom, roomFromUrl, switchRoom, wantRooms } from "./rooms.js";
 import { send } from "./send.js";
+import { renderCount, renderRooms } from "./sidebar.js";
 import { KEYS, readText, writeText } from "./storage.js";
 import { currentUser, showError, ui } from "./ui.js";
+import { marksChanged, onUnreadChange } from "./unread.js";
 import { current } from "./view.js";
 
 function nameChanged() {
   const user = currentUser();
   ui.user.setAttribute("aria-invalid", user || ui.user.value === "" ? "false" : "true");
   if (!user) return;
+  const renamed = user !== readText(KEYS.user);
   writeText(KEYS.user, user);
   markOwnMessages();
-  // Presence follows the stream's ?user=: reopen it (resuming, so nothing is missed).
-  const view = current();
-  if (view.source && !view.locked && view.streamUser !== user) connect(view);
+  if (renamed) wantRooms(); // presence follows the stream's ?user=: it reopens, resuming
 }
 
 function submit() {
@@ -79,7 +84,12 @@ ui.roomForm.addEventListener("submit", (event) => {
   ui.text.focus();
 });
 
-ui.recentRooms.addEventListener("click", (event) => {
+ui.roomList.addEventListener("click", (event) => {
+  const leave = event.target.closest("button.room-leave");
+  if (leave) {
+    leaveRoom(leave.dataset.room);
+    return;
+  }
   const link = event.target.closest("a[data-room]");
   if (!link || event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return;
   event.preventDefault();
@@ -114,18 +124,32 @@ ui.newMessages.addEventListener("click", () => {
   ui.scroller.focus();
 });
 
-window.addEventListener("offline", () => setState("offline"));
-window.addEventListener("online", () => {
-  const view = current();
-  if (!view || view.locked) return;
-  // Come back at once rather than waiting out a backoff; resume covers what was missed.
-  if (!view.source || view.source.readyState !== EventSource.OPEN) connect(view);
-  else setState("connected");
+window.addEventListener("offline", () => {
+  if (!current()?.locked) setState("offline");
 });
+// The stream says "ready" again if it is open, or comes back at once (resuming) if it is not.
+window.addEventListener("online", reconnect);
+
+// Other tabs of this browser changed what all share: the rooms, how far they were read, the name.
+window.addEventListener("storage", (event) => {
+  if (event.key === KEYS.rooms || event.key === null) {
+    renderRooms();
+    wantRooms();
+  }
+  if (event.key === KEYS.read || event.key === null) marksChanged();
+  const user = event.key === KEYS.user ? validUser(event.newValue ?? "") : null;
+  if (user && user !== currentUser()) {
+    ui.user.value = user;
+    markOwnMessages();
+    wantRooms();
+  }
+});
+onUnreadChange(renderCount);
 
 // --- start --------------------------------------------------------------------------------------
 
 ui.user.value = readText(KEYS.user) ?? "";
+startStream(onStreamEvent);
 const start = roomFromUrl();
 const linkToken = takeFragmentToken();
 if (linkToken !== null) await acceptToken(linkToken, { fromLink: true }); // before the room asks

@@ -33,6 +33,7 @@ function hueSlot(name) {
 /** Empty the screen for `room`: no messages, nobody online, nothing unread. */
 export function clearScreen(room) {
   ui.messages.replaceChildren();
+  ui.messages.setAttribute("aria-busy", "true"); // until its history is in
   ui.online.replaceChildren();
   ui.onlineCount.textContent = "0";
   ui.newMessages.hidden = true;
@@ -117,13 +118,10 @@ export function markOwnMessages() {
   }
 }
 
-/** Put a message on screen once, in id order; `fromStream` ids also advance the resume point. */
-export function show(message, { fromStream, own = false } = {}) {
+/** Put a message on screen once, in id order (from history, the stream or a POST's answer). */
+export function show(message, { own = false } = {}) {
   const view = current();
   if (!view || message.room !== view.room) return;
-  if (fromStream && (view.lastId === null || compareIds(message.id, view.lastId) > 0)) {
-    view.lastId = message.id;
-  }
   if (view.seen.has(message.id)) return;
   view.seen.add(message.id);
 

@@ -1,16 +1,17 @@
-// Rooms: which one the address names, the recent ones (kept in localStorage), and opening one:
-// its history first, then its stream from the newest message the history held.
+// Rooms: which one the address names, opening one (its history, read up to its newest message),
+// joining and leaving the sidebar's rooms, and what the page asks of the shared stream: every
+// sidebar room (for the unread counts) and the room on screen.
 
 import { hideLock, refusal } from "./auth.js";
-import { connect, lockRoom, setState } from "./connection.js";
+import { lockRoom, setState, unlock, want } from "./connection.js";
 import { DEFAULT_ROOM, ROOM_PATTERN } from "./names.js";
 import { clearScreen, show, showNotice } from "./render.js";
-import { KEYS, readJson, writeJson } from "./storage.js";
-import { setComposer, ui } from "./ui.js";
+import { addRoom, clearLocked, myRooms, removeRoom, renderRooms } from "./sidebar.js";
+import { currentUser, setComposer, ui } from "./ui.js";
+import { forgetUnread, hasMark, markRead, noteUnread } from "./unread.js";
 import { beginView, current, isCurrent } from "./view.js";
 
 const HISTORY_LIMIT = 100;
-const RECENT_ROOMS_KEPT = 8;
 
 /** The room `?room=` names: {room, invalid} (invalid: a name that is not one, else null). */
 export function roomFromUrl() {
@@ -21,52 +22,39 @@ export function roomFromUrl() {
     : { room: DEFAULT_ROOM, invalid: requested };
 }
 
-function recentRooms() {
-  const rooms = readJson(KEYS.rooms, []);
-  return Array.isArray(rooms) ? rooms.filter((r) => typeof r === "string" && ROOM_PATTERN.test(r)) : [];
+/** Ask the stream for the rooms this tab needs now, present as the name in the Name field. */
+export function wantRooms() {
+  const view = current();
+  want(view ? [...myRooms(), view.room] : myRooms(), currentUser());
 }
 
-function rememberRoom(room) {
-  const rooms = [room, ...recentRooms().filter((r) => r !== room)].slice(0, RECENT_ROOMS_KEPT);
-  writeJson(KEYS.rooms, rooms);
-  renderRecentRooms(room);
-}
-
-function renderRecentRooms(current) {
-  ui.recentRooms.replaceChildren(
-    ...recentRooms().map((room) => {
-      const item = document.createElement("li");
-      const link = document.createElement("a");
-      link.href = `?room=${encodeURIComponent(room)}`;
-      link.textContent = `#${room}`;
-      link.dataset.room = room;
-      if (room === current) link.setAttribute("aria-current", "page");
-      item.append(link);
-      return item;
-    }),
-  );
-}
-
-/** Show the room's recent messages; the HTTP status (401 and 403 show nothing). */
-async function loadHistory(view) {
-  const response = await fetch(
-    `/rooms/${encodeURIComponent(view.room)}/messages?limit=${HISTORY_LIMIT}`,
-    { signal: view.abort.signal },
-  );
-  if (response.status === 401 || response.status === 403) return response.status;
+/** The room's recent messages, oldest first: {status, messages} (none for 401 and 403). */
+async function fetchHistory(room, signal) {
+  const url = `/rooms/${encodeURIComponent(room)}/messages?limit=${HISTORY_LIMIT}`;
+  const response = await fetch(url, { signal });
+  if (response.status === 401 || response.status === 403) {
+    return { status: response.status, messages: [] };
+  }
   if (!response.ok) throw new Error(`history: ${response.status}`);
-  const body = await response.json();
-  if (!isCurrent(view)) return response.status;
-  view.loadingHistory = true;
+  return { status: response.status, messages: (await response.json()).messages };
+}
+
+/** Show the room's recent messages (merged with what is on screen); the HTTP status. */
+async function loadHistory(view, { initial }) {
+  const { status, messages } = await fetchHistory(view.room, view.abort.signal);
+  if (status === 401 || status === 403 || !isCurrent(view)) return status;
+  // The first load starts at the bottom; a later one adds what the stream may have missed.
+  view.loadingHistory = initial;
   ui.messages.setAttribute("aria-busy", "true");
   try {
-    for (const message of body.messages) show(message, { fromStream: true });
+    for (const message of messages) show(message);
   } finally {
     view.loadingHistory = false;
     ui.messages.setAttribute("aria-busy", "false");
   }
   view.historyLoaded = true;
-  return response.status;
+  markRead(view.room, messages.at(-1)?.id ?? "0-0"); // "0-0": read, and empty so far
+  return status;
 }
 
 export function openRoom(room) {
@@ -74,27 +62,42 @@ export function openRoom(room) {
   clearScreen(room);
   hideLock();
   setComposer({ locked: false });
-  rememberRoom(room);
-  setState("connecting");
+  addRoom(room);
+  renderRooms();
+  setState("connecting"); // until the stream says it has the room
+  wantRooms();
 
-  loadHistory(view)
+  loadHistory(view, { initial: true })
     .then((status) => {
-      if (!isCurrent(view)) return;
-      if (status === 401 || status === 403) lockRoom(view, refusal(status));
-      else startStream(view);
+      if (isCurrent(view) && (status === 401 || status === 403)) lockRoom(view, refusal(status));
     })
     .catch((error) => {
-      if (!isCurrent(view) || error.name === "AbortError") return;
-      showNotice("Earlier messages could not be loaded.");
-      startStream(view);
+      if (isCurrent(view) && error.name !== "AbortError") {
+        showNotice("Earlier messages could not be loaded.");
+      }
+    })
+    .finally(() => {
+      if (isCurrent(view)) ui.messages.setAttribute("aria-busy", "false");
     });
 }
 
-function startStream(view) {
-  // With nothing in history, resume from the very start: whatever was posted between the
-  // history request and the stream opening is then replayed instead of lost.
-  view.lastId ??= "0-0";
-  connect(view);
+/** The stream (re)opened with the room on screen: add whatever it may have missed meanwhile. */
+export function catchUp(view) {
+  if (view.locked) return;
+  loadHistory(view, { initial: false }).catch(() => {}); // the stream goes on regardless
+}
+
+/** Count the room's unread messages in its recent history (a room never read starts read). */
+export async function countUnread(room) {
+  let recent;
+  try {
+    recent = await fetchHistory(room);
+  } catch {
+    return;
+  }
+  if (recent.status !== 200 || current()?.room === room) return;
+  if (!hasMark(room)) markRead(room, recent.messages.at(-1)?.id ?? "0-0");
+  else for (const message of recent.messages) noteUnread(room, message.id);
 }
 
 export function switchRoom(room) {
@@ -103,9 +106,24 @@ export function switchRoom(room) {
   openRoom(room);
 }
 
-/** After a token is accepted: a room already shown goes on from its last message (nothing
- * missed, nothing twice); one never shown opens afresh. */
-export function resumeRoom() {
+/** Take the room off the sidebar; leaving the room on screen opens the next one. */
+export function leaveRoom(room) {
+  const index = myRooms().indexOf(room);
+  removeRoom(room);
+  forgetUnread(room);
+  if (room === current()?.room) {
+    const rooms = myRooms();
+    switchRoom(rooms[Math.min(index, rooms.length - 1)] ?? DEFAULT_ROOM);
+  } else {
+    renderRooms();
+    wantRooms();
+  }
+}
+
+/** The room on screen may be read again (a token was given, here or in another tab): a room
+ * already shown goes on (the stream's next ready fills in what it missed), one never shown
+ * opens afresh. */
+export function reopenRoom() {
   const view = current();
   if (!view) return;
   if (!view.historyLoaded) {
@@ -116,5 +134,12 @@ export function resumeRoom() {
   hideLock();
   setComposer({ locked: false });
   setState("connecting");
-  startStream(view);
+  wantRooms();
+}
+
+/** After a token is accepted here: the stream tries the rooms it was refused again. */
+export function resumeRoom() {
+  clearLocked();
+  unlock();
+  reopenRoom();
 }

@@ -6,6 +6,7 @@ import { refusal, showLock } from "./auth.js";
 import { lockRoom } from "./connection.js";
 import { scrollToBottom, show } from "./render.js";
 import { currentUser, setComposer, showError, ui } from "./ui.js";
+import { markRead } from "./unread.js";
 import { current, isCurrent } from "./view.js";
 
 const RETRY_DELAYS_MS = [500, 1000, 2000, 4000, 8000, 8000, 8000]; // ~30 s in all
@@ -106,7 +107,8 @@ export async function send() {
     if (response?.ok) {
       if (ui.text.value === text) ui.text.value = ""; // keep whatever was typed meanwhile
       if (body && isCurrent(view)) {
-        show(body, { fromStream: false, own: true });
+        show(body, { own: true });
+        markRead(room, body.id);
         scrollToBottom(); // also when the stream delivered it first, while scrolled up
       }
     } else if (response === null) {

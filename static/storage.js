@@ -1,9 +1,11 @@
 // localStorage that never throws: with storage full or disabled the page works, it just forgets.
-// It keeps the name, the recent rooms and whose token the cookie holds; never a token itself.
+// It keeps the name, the rooms, how far each was read and whose token the cookie holds; never a
+// token itself. Every tab of the browser shares it (a `storage` event tells the others).
 
 export const KEYS = {
   user: "sse-chat.user", // plain text
-  rooms: "sse-chat.rooms", // JSON: recent room names, newest first
+  rooms: "sse-chat.rooms", // JSON: the sidebar's room names, in the order they were joined
+  read: "sse-chat.read", // JSON: {room: the newest message id read there}
   session: "sse-chat.session", // JSON: {user, expires} of the token given to POST /session
 };
 

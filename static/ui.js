@@ -11,7 +11,7 @@ export const ui = {
   replica: $("replica"),
   roomForm: $("room-form"),
   roomInput: $("room-input"),
-  recentRooms: $("recent-rooms"),
+  roomList: $("room-list"),
   scroller: $("scroller"),
   messages: $("messages"),
   newMessages: $("new-messages"),

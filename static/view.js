@@ -11,23 +11,13 @@ export function isCurrent(candidate) {
   return candidate !== null && candidate === view;
 }
 
-/** Leave the room on screen (its requests and stream end) and start the state of `room`. */
+/** Leave the room on screen (its requests end) and start the state of `room`. */
 export function beginView(room) {
-  if (view) {
-    view.abort.abort();
-    view.source?.close();
-    clearTimeout(view.retryTimer);
-  }
+  view?.abort.abort();
   view = {
     room,
-    lastId: null, // the newest id shown: where a new stream resumes
-    seen: new Set(),
-    source: null,
-    retryTimer: 0,
-    failures: 0,
-    failingSince: null,
-    streamUser: null, // the ?user= of the open stream (presence)
-    unread: 0,
+    seen: new Set(), // the ids on screen
+    unread: 0, // messages below the part scrolled to
     divider: null,
     loadingHistory: false,
     historyLoaded: false,

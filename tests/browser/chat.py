@@ -56,3 +56,26 @@ def assert_each_once_in_order(page: Page) -> None:
     ids = [message["id"] for message in messages(page)]
     assert len(ids) == len(set(ids)), f"duplicates: {ids}"
     assert ids == sorted(ids, key=lambda id: tuple(int(part) for part in id.split("-")))
+
+
+def join(page: Page, room: str) -> None:
+    """Join a room with the room form: it opens, and stays in the sidebar."""
+    page.fill("#room-input", room)
+    page.press("#room-input", "Enter")
+    expect(page.locator("#room-name")).to_have_text(f"#{room}")
+    expect(page.locator("#messages")).to_have_attribute("aria-busy", "false")  # history is in
+
+
+def open_from_sidebar(page: Page, room: str) -> None:
+    page.locator(f'#room-list li[data-room="{room}"] a').click()
+    expect(page.locator("#room-name")).to_have_text(f"#{room}")
+    expect(page.locator("#messages")).to_have_attribute("aria-busy", "false")
+
+
+def expect_unread(page: Page, room: str, count: int) -> None:
+    """The sidebar's count for the room: the number shown and what a screen reader hears."""
+    entry = page.locator(f'#room-list li[data-room="{room}"]')
+    expect(entry).to_have_attribute("data-unread", str(count))
+    expect(entry.locator(".unread")).to_have_text(str(count) if count else "")
+    words = {0: "", 1: ", 1 unread message"}.get(count, f", {count} unread messages")
+    expect(entry.get_by_role("link")).to_have_accessible_name(f"#{room}{words}")

@@ -20,10 +20,10 @@ import pytest
 
 from sse_chat.tokens import issue_token
 
-from .support import TIMEOUT, OpenPage, Redis, Replica
+from .support import TIMEOUT, OpenPage, OpenProfile, Profile, Redis, Replica
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Page
+    from playwright.sync_api import Browser, Page
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's: nothing here may download a browser of its own
 CHROMIUM_ARGS = [
@@ -86,6 +86,21 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 
 
 @pytest.fixture
+def own_replicas(servers: Servers, tmp_path: Path) -> Iterator[list[Replica]]:
+    """Two replicas (m1, m2) of this test's own on the session's Redis: whatever streams they
+    hold are this test's."""
+    replicas = [Replica(name, tmp_path / f"{name}.log", env=servers.env) for name in ("m1", "m2")]
+    try:
+        for replica in replicas:
+            replica.start()
+        yield replicas
+    finally:
+        for replica in replicas:
+            if replica.running:
+                replica.end(signal.SIGKILL)
+
+
+@pytest.fixture
 def replicas(servers: Servers) -> list[Replica]:
     """The two replicas, each running (a test before may have stopped one and failed)."""
     for replica in servers.replicas:
@@ -144,38 +159,39 @@ document.addEventListener("securitypolicyviolation", (event) => {
 
 
 @pytest.fixture
-def new_page(browser: Browser) -> Iterator[OpenPage]:
-    """Opens pages, each in a browser context of its own (its own storage: another person).
+def new_profile(browser: Browser) -> Iterator[OpenProfile]:
+    """Opens browser profiles (contexts): each its own storage, cookies and SharedWorker, as
+    another person's browser; the tabs of one share them.
 
-    Afterwards, each page still open must have thrown no uncaught error and had nothing blocked
+    Afterwards, each tab still open must have thrown no uncaught error and had nothing blocked
     by the Content-Security-Policy.
     """
-    contexts: list[BrowserContext] = []
-    checks: list[tuple[Page, list[str]]] = []
+    profiles: list[Profile] = []
 
-    def open_page(url: str, **options: object) -> Page:
+    def open_profile(**options: object) -> Profile:
         context = browser.new_context(**options)  # type: ignore[arg-type]
         context.set_default_timeout(TIMEOUT * 1000)
         context.add_init_script(RECORD_CSP_VIOLATIONS)
-        contexts.append(context)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        checks.append((page, errors))
-        page.goto(url)
-        return page
+        profiles.append(Profile(context))
+        return profiles[-1]
 
     try:
-        yield open_page
-        for page, errors in checks:
-            if page.is_closed():
-                continue
-            assert errors == [], f"uncaught errors in {page.url}: {errors}"
-            violations = page.evaluate("window.__cspViolations")
-            assert violations == [], f"blocked by the CSP in {page.url}: {violations}"
+        yield open_profile
+        for profile in profiles:
+            profile.check()
     finally:
-        for context in contexts:
-            context.close()
+        for profile in profiles:
+            profile.context.close()
+
+
+@pytest.fixture
+def new_page(new_profile: OpenProfile) -> OpenPage:
+    """Opens pages, each in a browser profile of its own (its own storage: another person)."""
+
+    def open_page(url: str, **options: object) -> Page:
+        return new_profile(**options).open(url)
+
+    return open_page
 
 
 @pytest.fixture

@@ -21,11 +21,38 @@ import httpx
 from ..integration.redis_server import free_port
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import BrowserContext, Page
 
 TIMEOUT = 10.0  # seconds any single wait may take before it counts as a hang
 
 OpenPage = Callable[..., "Page"]  # the `new_page` fixture: (url, **context options) -> a page
+OpenProfile = Callable[..., "Profile"]  # the `new_profile` fixture: (**context options) -> one
+
+
+@dataclass
+class Profile:
+    """A browser profile (a Playwright context): its tabs share storage, cookies and workers."""
+
+    context: BrowserContext
+    tabs: list[tuple[Page, list[str]]] = field(default_factory=list)  # each with its errors
+
+    def open(self, url: str) -> Page:
+        """A new tab showing `url`."""
+        page = self.context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        self.tabs.append((page, errors))
+        page.goto(url)
+        return page
+
+    def check(self) -> None:
+        """Each tab still open threw no uncaught error and had nothing blocked by the CSP."""
+        for page, errors in self.tabs:
+            if page.is_closed():
+                continue
+            assert errors == [], f"uncaught errors in {page.url}: {errors}"
+            violations = page.evaluate("window.__cspViolations")
+            assert violations == [], f"blocked by the CSP in {page.url}: {violations}"
 
 
 def wait_for(ready: Callable[[], bool], what: str, process: OwnedProcess) -> None:
@@ -115,6 +142,15 @@ class Replica(OwnedProcess):
             return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
         except httpx.TransportError:
             return False
+
+    def streams_open(self) -> int:
+        """The streams the replica holds open (its `sse_chat_streams_open` gauge)."""
+        metrics = httpx.get(f"{self.url}/metrics", timeout=TIMEOUT).text
+        for line in metrics.splitlines():
+            name, _, value = line.partition(" ")
+            if name == "sse_chat_streams_open":
+                return int(float(value))
+        raise AssertionError(f"{self.name}'s /metrics has no sse_chat_streams_open")
 
     def post(self, room: str, user: str, text: str) -> dict[str, object]:
         """Post as another client would (curl, a script): the stored message."""

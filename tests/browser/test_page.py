@@ -158,10 +158,12 @@ def test_keyboard_alone_picks_a_name_and_sends_with_enter_and_shift_enter(
 
     # Focus order, walked backwards from the message box: name, the messages, the rooms.
     order = []
-    for _ in range(5):
+    for _ in range(6):
         page.keyboard.press("Shift+Tab")
-        order.append(page.evaluate("(e => e.id || e.textContent)(document.activeElement)"))
-    assert order == ["user", "scroller", f"#{room}", "room-join", "room-input"]
+        order.append(
+            page.evaluate("(e => e.id || e.getAttribute('aria-label'))(document.activeElement)")
+        )
+    assert order == ["user", "scroller", f"Leave #{room}", f"#{room}", "room-join", "room-input"]
 
     # The name is remembered: a reload goes straight to the message box.
     page.reload()
@@ -251,15 +253,20 @@ def test_rooms_come_from_the_url_switch_in_place_and_are_remembered(
     expect_texts(page, ["in the second room"])
     expect_online(page, ["cy"])
     say(page, "hello second room")
-    r2.post(room, "ana", "meanwhile in the first room")  # not shown here
+    r2.post(room, "ana", "meanwhile in the first room")  # not shown here: unread in the sidebar
     expect_texts(page, ["in the second room", "hello second room"])
 
-    recent = page.locator("#recent-rooms a")
-    expect(recent).to_have_text([f"#{other}", f"#{room}"])
-    expect(recent.first).to_have_attribute("aria-current", "page")
-    recent.nth(1).click()
+    names = page.locator("#room-list .room-label")
+    links = page.locator("#room-list a")
+    expect(names).to_have_text([f"#{room}", f"#{other}"])  # in the order they were joined
+    expect(links.nth(1)).to_have_attribute("aria-current", "page")
+    expect(links.first).to_have_accessible_name(f"#{room}, 1 unread message")
+    expect(page.locator("#room-list .unread").first).to_have_text("1")
+    links.first.click()
     expect(page).to_have_url(re.compile(rf"\?room={room}$"))
     expect_texts(page, ["in the first room", "meanwhile in the first room"])
+    expect(links.first).to_have_accessible_name(f"#{room}")  # read: no count
+    expect_online(page, ["cy"])  # the same stream, which knows who is in each of its rooms
     page.go_back()
     expect_texts(page, ["in the second room", "hello second room"])
 
@@ -268,10 +275,18 @@ def test_rooms_come_from_the_url_switch_in_place_and_are_remembered(
     expect(page.locator("#error")).to_contain_text("Room names are")
     expect(page.locator("#room-name")).to_have_text(f"#{other}")
 
-    page.goto(f"{r1.url}/")  # a later visit: the name and the recent rooms are remembered
+    page.goto(f"{r1.url}/")  # a later visit: the name and the rooms are remembered
     expect(page.locator("#room-name")).to_have_text("#lobby")
     expect(page.locator("#user")).to_have_value("cy")
-    expect(recent).to_have_text(["#lobby", f"#{other}", f"#{room}"])
+    expect(names).to_have_text([f"#{room}", f"#{other}", "#lobby"])
+
+    page.get_by_role("button", name=f"Leave #{other}").click()  # a room not on screen goes
+    expect(names).to_have_text([f"#{room}", "#lobby"])
+    expect(page.locator("#room-name")).to_have_text("#lobby")
+    page.get_by_role("button", name="Leave #lobby").click()  # leaving the room on screen
+    expect(page).to_have_url(re.compile(rf"\?room={room}$"))  # opens the one before it
+    expect(names).to_have_text([f"#{room}"])
+    expect_texts(page, ["in the first room", "meanwhile in the first room"])
 
 
 def test_autoscroll_follows_new_messages_but_not_a_reader_who_scrolled_up(
@@ -356,6 +371,10 @@ def test_controls_are_labelled_and_new_messages_are_announced(
     expect(log).to_have_attribute("aria-live", "polite")
     expect(page.get_by_role("status")).to_have_text("connected")
     expect(page.get_by_role("complementary", name=re.compile("Online"))).to_be_visible()
+    rooms = page.get_by_role("navigation", name="Your rooms")
+    expect(rooms.get_by_role("list", name="Your rooms").get_by_role("listitem")).to_have_count(1)
+    expect(rooms.get_by_role("link", name=f"#{room}")).to_have_attribute("aria-current", "page")
+    expect(rooms.get_by_role("button", name=f"Leave #{room}")).to_be_enabled()
     expect(page.locator("#text")).to_have_accessible_description(
         "Enter sends, Shift+Enter adds a new line."
     )
