@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Page, expect
 
-from .chat import assert_each_once_in_order, expect_connected, expect_texts, say
+from .chat import assert_each_once_in_order, expect_connected, expect_texts, expect_unread, say
 from .conftest import PrivateReplica
-from .support import TIMEOUT, OpenPage
+from .support import TIMEOUT, OpenPage, OpenProfile
 
 
 def post_with_token(private: PrivateReplica, room: str, token: str, text: str) -> None:
@@ -179,3 +179,34 @@ def test_an_expired_token_asks_for_a_new_one_and_nothing_is_missed(
     say(page, "renewed")
     expect_texts(page, ["before it expired", "while eli's token was expired", "renewed"])
     assert_each_once_in_order(page)
+
+
+def test_a_refused_private_room_stops_no_other_room_and_a_token_opens_it_in_every_tab(
+    new_profile: OpenProfile, private_replica: PrivateReplica, room: str
+) -> None:
+    team = f"team-{room}"
+    browser = new_profile()  # one browser, two tabs: one stream, from their shared worker
+    public = browser.open(f"{private_replica.url}/?room={room}")
+    expect_connected(public, "p1")
+    private = browser.open(f"{private_replica.url}/?room={team}")
+    expect_locked(private, "needs-token", f"#{team} needs a token")
+    team_entry = public.locator(f'#room-list li[data-room="{team}"]')
+    expect(team_entry).to_have_attribute("data-locked", "")  # the stream left it out
+    expect(team_entry.get_by_role("link")).to_have_accessible_name(f"#{team}, locked")
+
+    httpx.post(
+        f"{private_replica.url}/rooms/{room}/messages",
+        json={"user": "bo", "text": "the public room streams on"},
+        timeout=TIMEOUT,
+    ).raise_for_status()
+    expect_texts(public, ["the public room streams on"])
+    expect_unread(private, room, 0)  # on screen in the other tab: read
+
+    private.fill("#token-input", private_replica.token("ana", [team]))
+    private.press("#token-input", "Enter")
+    expect_unlocked(private)
+    expect(team_entry).not_to_have_attribute("data-locked", "")  # in the other tab too
+    post_with_token(private_replica, team, private_replica.token("cy", [team]), "for the team")
+    expect_texts(private, ["for the team"])
+    expect_unread(public, team, 0)  # read in the private tab; and no longer locked
+    expect_connected(public, "p1")
