@@ -203,7 +203,21 @@ async def opening(stream: OpenStream) -> AsyncIterator[bytes]:
         if not request.after:
             return
         with trio.move_on_after(settings.keepalive_seconds):
-            await backplane.wait_connected()
+            await _until_connected_or_closed(stream)
+
+
+async def _until_connected_or_closed(stream: OpenStream) -> None:
+    """Until the backplane is back, or the stream is ended (a drain must not wait for it)."""
+    async with trio.open_nursery() as nursery:
+
+        async def connected() -> None:
+            await stream.replica.backplane.wait_connected()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(connected)
+        while not stream.closed:
+            await stream.subscriber.park()  # woken by a push or by the close of the drain
+        nursery.cancel_scope.cancel()
 
 
 async def event_stream(

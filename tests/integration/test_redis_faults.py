@@ -231,3 +231,26 @@ async def test_streams_opened_while_redis_is_away_get_200_then_exactly_what_they
     assert [json.loads(ready.data)["live"] for ready in readies] == [False, False]
     assert got_resumed == missed  # from its Last-Event-ID
     assert got_fresh == missed  # after the newest message b had forwarded in the room
+
+
+async def test_a_stream_waiting_for_redis_is_sent_elsewhere_at_once_when_its_replica_drains(
+    nursery: trio.Nursery, start_replica: StartReplica, redis: RedisServer
+) -> None:
+    proxy = Proxy(nursery, redis)
+    await proxy.start()
+    replica = await start_replica(redis_url=proxy.url, keepalive_seconds=60)
+    async with replica.client() as client:
+        seen = await post(client, "seen", room="w")
+        proxy.cut()
+        await wait_until(lambda: not replica.app.replica.backplane.connected)
+        resume = {"Last-Event-ID": seen["id"]}
+        async with (
+            client.stream("GET", "/rooms/w/events", headers=resume) as response,
+            aclosing(read_events(response)) as events,
+        ):
+            waiting = EventStream(response, events)
+            ready = await waiting.next_named("ready")
+            nursery.start_soon(replica.stop)
+            rest = await waiting.rest()  # within TIMEOUT, long before a 60 s keepalive
+    assert json.loads(ready.data)["live"] is False
+    assert json.loads(rest[-1].data)["error"] == "draining"
