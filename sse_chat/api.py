@@ -222,7 +222,11 @@ async def readyz() -> dict[str, Any]:
         raise _unavailable("draining")
     if not replica.backplane.connected:
         raise _unavailable("the backplane is not connected")
-    return {"status": "ready", "replica": replica.settings.replica_id}
+    ready: dict[str, Any] = {"status": "ready", "replica": replica.settings.replica_id}
+    # One shard down must not take every replica out of the load balancer: name it instead.
+    if unreachable := replica.backplane.unreachable():
+        ready["unreachable_shards"] = unreachable
+    return ready
 
 
 @api.get("/openapi.json")

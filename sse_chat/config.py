@@ -44,10 +44,15 @@ class Settings:
     graceful_timeout_seconds: float = 5.0
     send_timeout_seconds: float = 30.0
     body_timeout_seconds: float = 10.0  # a POST body slower than this is refused (408)
-    # Empty: the embedded backplane. Else redis://, rediss://, unix:// or redis+sentinel://.
+    # Empty: the embedded backplane. Else redis://, rediss://, unix://, redis+sentinel:// or
+    # redis[s]+cluster://.
     redis_url: str = ""
     redis_password_file: str = ""
     redis_prefix: str = "sse-chat"
+    # Replicas that must hold a message before its POST answers 201 (WAIT after the append);
+    # they have redis_wait_ms to say so, else the POST answers 503 outcome_unknown.
+    redis_min_replicas: int = 0
+    redis_wait_ms: int = 500
     presence_ttl_seconds: float = 20.0
     post_rate_limit: int = 30  # POSTs per client per window; 0 turns the limit off
     post_rate_window_seconds: int = 10
@@ -91,6 +96,9 @@ class Settings:
         _check(self.send_timeout_seconds > 0, "send_timeout_seconds", "must be positive")
         _check(self.body_timeout_seconds > 0, "body_timeout_seconds", "must be positive")
         _check(self.presence_ttl_seconds > 0, "presence_ttl_seconds", "must be positive")
+        _check(self.redis_min_replicas >= 0, "redis_min_replicas", "must not be negative")
+        # Below the 2 s a POST waits for Redis, so a slow WAIT is told apart from a lost Redis.
+        _check(1 <= self.redis_wait_ms <= 1500, "redis_wait_ms", "must be 1 to 1500")
         _check(self.max_streams >= 1, "max_streams", "must be at least 1")
         _check(self.max_streams_per_client >= 1, "max_streams_per_client", "must be at least 1")
         _check(self.post_rate_limit >= 0, "post_rate_limit", "must not be negative")

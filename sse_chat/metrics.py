@@ -3,12 +3,18 @@ in tests, and each must count only itself)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from .gcpauses import GC_PAUSES
+
+if TYPE_CHECKING:
+    from .backplane import Backplane
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -74,11 +80,37 @@ class Metrics:
             registry=registry,
         ).set_function(lambda: GC_PAUSES.count)
 
-    def watch_backplane(self, connected: Callable[[], bool], reconnects: Callable[[], int]) -> None:
+    def watch_backplane(self, backplane: Backplane) -> None:
         """Read the backplane's state at each scrape."""
-        self.backplane_connected.set_function(lambda: float(connected()))
-        self.backplane_reconnects.set_function(lambda: float(reconnects()))
+        self.backplane_connected.set_function(lambda: float(backplane.connected))
+        self.backplane_reconnects.set_function(lambda: float(backplane.reconnects))
+        self.registry.register(_UnreachableShards(backplane))
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""
         return generate_latest(self.registry)
+
+
+class _UnreachableShards(Collector):
+    """`sse_chat_backplane_shard_unreachable{shard}`: 1 for each Redis Cluster shard (primary
+    address) this replica cannot reach right now; absent when all are reachable."""
+
+    def __init__(self, backplane: Backplane) -> None:
+        self._backplane = backplane
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for shard in self._backplane.unreachable():
+            family.add_metric([shard], 1.0)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "sse_chat_backplane_shard_unreachable",
+            "1 for each Redis Cluster shard this replica cannot reach",
+            labels=["shard"],
+        )

@@ -26,8 +26,7 @@ class Replica:
         self.access = Access.from_settings(settings)
         self.openapi = openapi_document(settings)
         self.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
-        backplane = self.backplane
-        self.metrics.watch_backplane(lambda: backplane.connected, lambda: backplane.reconnects)
+        self.metrics.watch_backplane(self.backplane)
 
     def _default_backplane(self) -> Backplane:
         settings = self.settings
@@ -50,6 +49,8 @@ class Replica:
             settings.redis_prefix,
             settings.presence_ttl_seconds,
             settings.idempotency_seconds,
+            settings.redis_min_replicas,
+            settings.redis_wait_ms,
         )
 
     @property

@@ -48,7 +48,10 @@ class Replay:
 class Backplane(Protocol):
     """Stores each room's messages in order and delivers new ones to every replica's hub."""
 
-    reconnects: int  # times the connection was lost after being up
+    @property
+    def reconnects(self) -> int:
+        """Times the connection was lost after being up."""
+        ...
 
     @property
     def connected(self) -> bool:
@@ -83,6 +86,11 @@ class Backplane(Protocol):
 
     def unfollow(self, room: str) -> None:
         """Stop delivering the room (its last local subscriber left the hub); never waits."""
+        ...
+
+    def unreachable(self) -> list[str]:
+        """Parts of the store this replica cannot reach while `connected` (Redis Cluster
+        shards, by address): their rooms wait, the others work."""
         ...
 
     async def wait_connected(self) -> None:

@@ -114,6 +114,9 @@ class MemoryBackplane:
     async def wait_connected(self) -> None:
         await trio.lowlevel.checkpoint()
 
+    def unreachable(self) -> list[str]:
+        return []
+
     def last_forwarded(self, room: str) -> MessageId | None:
         log = self._rooms.get(room)
         return log.last_id if log is not None else None

@@ -14,17 +14,21 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager
+from typing import Any
 
 import coredis
 import trio
 
-from ..hub import Hub
-from ..presence import LocalPresence, Presence
+from ...hub import Hub
+from ...presence import LocalPresence, Presence
+from .keys import KeyScheme
+from .scripts import REDIS_ERRORS
 
-# A session's way to bound a wait on Redis: a context manager named after what it waits for.
+# The backplane's way to bound a wait on Redis: a context manager named after what it waits for.
 Answered = Callable[[str], AbstractContextManager[None]]
+Client = Any  # a coredis Redis or RedisCluster client
 
 
 VIEW_SECONDS = 0.25  # how long a room's presence read from Redis serves streams that open
@@ -34,13 +38,13 @@ MAX_VIEWS = 10_000  # rooms whose view is kept before expired ones are dropped
 class RedisPresence:
     """This replica's users per room, written to Redis, and views of every replica's."""
 
-    def __init__(self, hub: Hub, replica: str, prefix: str, ttl: float,
-                 channel: Callable[[str], str]) -> None:  # fmt: skip
+    def __init__(self, hub: Hub, replica: str, keys: KeyScheme, ttl: float,
+                 publish: Callable[[str, str], Awaitable[None]]) -> None:  # fmt: skip
         self._hub = hub
         self._replica = replica
-        self._prefix = prefix
+        self._keys = keys
         self._ttl = ttl
-        self._channel = channel  # a room's pub/sub channel
+        self._publish = publish  # on a room's pub/sub channel
         self._local = LocalPresence()
         # (room, user) -> "joined" or "left": changes not yet written to Redis, one per user.
         self._changes: dict[tuple[str, str], str] = {}
@@ -66,7 +70,7 @@ class RedisPresence:
         """Rooms where someone is present on this replica."""
         return self._local.rooms()
 
-    async def view(self, client: coredis.Redis[str], room: str) -> Presence:
+    async def view(self, client: Client, room: str) -> Presence:
         """Who is online in `room`, on every replica.
 
         In a reconnect storm thousands of streams of one room open at once and each wants
@@ -108,8 +112,10 @@ class RedisPresence:
         self._notices_send.send_nowait((room, change if isinstance(change, dict) else {}))
 
     # -- the session's tasks ---------------------------------------------------------------
-    async def write_changes(self, client: coredis.Redis[str], answered: Answered) -> None:
-        """Write queued changes and announce them, until cancelled."""
+    async def write_changes(
+        self, client: Client, answered: Answered, followed: Callable[[], Iterable[str]]
+    ) -> None:
+        """Write queued changes and announce them, until cancelled (or Redis fails)."""
         while True:
             while not self._changes:
                 await self._changed.wait()
@@ -123,9 +129,7 @@ class RedisPresence:
                         await client.zadd(key, {self._member(user): self._expiry_ms()})
                     else:
                         await client.zrem(key, [self._member(user)])
-                    await client.publish(
-                        self._channel(room), f"presence {json.dumps({change: user})}"
-                    )
+                    await self._publish(room, f"presence {json.dumps({change: user})}")
                 if not self._changes:
                     self._all_written.set()
             except BaseException:
@@ -134,22 +138,28 @@ class RedisPresence:
                 raise
 
     async def refresh(
-        self, client: coredis.Redis[str], followed: Callable[[], Iterable[str]], answered: Answered
+        self, client: Client, answered: Answered, followed: Callable[[], Iterable[str]]
     ) -> None:
-        """Renew our members' expiry and drop expired ones (a dead replica's), announcing it."""
+        """Renew our members' expiry and drop expired ones (a dead replica's), announcing it.
+        A room whose Redis shard fails is skipped until the next round (the others go on)."""
         while True:
             for room in set(self._local.rooms()) | set(followed()):
                 key = self._key(room)
                 users = self._local.users(room)
-                with answered("a presence refresh"):
-                    if users:
-                        expiry = self._expiry_ms()
-                        await client.zadd(key, {self._member(user): expiry for user in users})
-                    if await client.zremrangebyscore(key, -math.inf, _now_ms()):
-                        await client.publish(self._channel(room), "presence {}")
+                try:
+                    with answered("a presence refresh"):
+                        if users:
+                            expiry = self._expiry_ms()
+                            await client.zadd(key, {self._member(user): expiry for user in users})
+                        if await client.zremrangebyscore(key, -math.inf, _now_ms()):
+                            await self._publish(room, "presence {}")
+                except REDIS_ERRORS:
+                    continue
             await trio.sleep(self._ttl / 4)
 
-    async def announce(self, client: coredis.Redis[str], answered: Answered) -> None:
+    async def announce(
+        self, client: Client, answered: Answered, followed: Callable[[], Iterable[str]]
+    ) -> None:
         """Turn presence notices from any replica into views for local subscribers."""
         async for room, change in self._notices:
             with answered("a presence read"):
@@ -167,7 +177,7 @@ class RedisPresence:
 
     # -- internals --------------------------------------------------------------------------
     def _key(self, room: str) -> str:
-        return f"{self._prefix}:room:{room}:presence"
+        return self._keys.presence(room)
 
     def _member(self, user: str) -> str:
         return f"{user}\x1f{self._replica}"
@@ -190,7 +200,7 @@ class RedisPresence:
         """Until every change queued so far is written to Redis."""
         await self._all_written.wait()
 
-    async def _users_online(self, client: coredis.Redis[str], room: str) -> set[str]:
+    async def _users_online(self, client: Client, room: str) -> set[str]:
         members = await client.zrange(
             self._key(room), _now_ms(), "+inf", sortby=coredis.PureToken.BYSCORE
         )

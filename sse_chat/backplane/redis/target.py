@@ -1,4 +1,4 @@
-"""Where Redis is (a URL, or Sentinel) and a coredis client for it."""
+"""Where Redis is (a URL, Sentinel, or a Cluster's startup nodes) and coredis clients for it."""
 
 from __future__ import annotations
 
@@ -18,52 +18,67 @@ SENTINEL_TIMEOUT = 2.0  # seconds a sentinel may take to say where the primary i
 # waits itself, in event-loop run time, so a busy replica does not take Redis for dead.
 BACKSTOP_TIMEOUT = 60.0
 
+_HOSTS_SCHEMES = {"redis+sentinel": False, "redis+cluster": False, "rediss+cluster": True}
+
 
 @dataclass(frozen=True, slots=True)
 class RedisTarget:
-    """Where Redis is: a URL for coredis, or sentinels and a service name."""
+    """Where Redis is: a URL for coredis, sentinels and a service name, or cluster nodes."""
 
     url: str | None = None
     sentinels: tuple[tuple[str, int], ...] = ()
     service: str = ""
+    cluster: tuple[tuple[str, int], ...] = ()  # startup nodes of a Redis Cluster
+    tls: bool = False  # (cluster) connect with TLS
     username: str | None = None
     password: str | None = None
     db: int = 0
 
+    @property
+    def is_cluster(self) -> bool:
+        return bool(self.cluster)
+
 
 def parse_redis_url(url: str, password: str | None = None) -> RedisTarget:
-    """Read `redis://`, `rediss://`, `unix://` or `redis+sentinel://h1:p1,h2:p2/service[/db]`.
+    """Read `redis://`, `rediss://`, `unix://`, `redis+sentinel://h1:p1,h2:p2/service[/db]` or
+    `redis[s]+cluster://h1:p1,h2:p2`.
 
     `password` (from a secret file) overrides a password in the URL.
     """
     parts = urlsplit(url)
     if parts.scheme in ("redis", "rediss", "unix"):
         return RedisTarget(url=url, password=password)
-    if parts.scheme != "redis+sentinel":
+    if parts.scheme not in _HOSTS_SCHEMES:
         raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} in {url!r}")
     credentials, _, hosts = parts.netloc.rpartition("@")
     username, _, url_password = credentials.partition(":")
-    sentinels = []
+    nodes = []
     for host_port in hosts.split(","):
         host, _, port = host_port.rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(f"sentinel {host_port!r} in {url!r} is not host:port")
-        sentinels.append((host.strip("[]"), int(port)))
+            raise ValueError(f"{host_port!r} in {url!r} is not host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    user = unquote(username) or None
+    secret = password if password is not None else (unquote(url_password) or None)
     path = [part for part in parts.path.split("/") if part]
+    if parts.scheme != "redis+sentinel":
+        if path:
+            raise ValueError(f"{url!r}: a Redis Cluster has no database number or path")
+        return RedisTarget(
+            cluster=tuple(nodes), tls=_HOSTS_SCHEMES[parts.scheme], username=user, password=secret
+        )
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError(f"{url!r} must end with /SERVICE_NAME or /SERVICE_NAME/DB")
     return RedisTarget(
-        sentinels=tuple(sentinels),
+        sentinels=tuple(nodes),
         service=path[0],
-        username=unquote(username) or None,
-        password=password if password is not None else (unquote(url_password) or None),
         db=int(path[1]) if len(path) == 2 else 0,
+        username=user,
+        password=secret,
     )
 
 
-@asynccontextmanager
-async def open_redis(target: RedisTarget) -> AsyncIterator[coredis.Redis[str]]:
-    """A coredis client for the target; it reconnects by itself, command by command."""
+def _options(target: RedisTarget) -> dict[str, Any]:
     options: dict[str, Any] = {
         "decode_responses": True,
         "stream_timeout": BACKSTOP_TIMEOUT,
@@ -71,14 +86,26 @@ async def open_redis(target: RedisTarget) -> AsyncIterator[coredis.Redis[str]]:
         # Never retry on our behalf: a retried append could store a message twice.
         "retry_policy": NoRetryPolicy(),
     }
+    if target.password is not None:
+        options["password"] = target.password
+    if target.username is not None and target.url is None:
+        options["username"] = target.username
+    return options
+
+
+@asynccontextmanager
+async def open_redis(target: RedisTarget) -> AsyncIterator[coredis.Redis[str]]:
+    """A coredis client for one Redis (a URL, or Sentinel's primary); it reconnects by itself,
+    command by command."""
+    options = _options(target)
     if target.url is not None:
-        if target.password is not None:
-            options["password"] = target.password
         async with coredis.Redis.from_url(target.url, **options) as client:
             yield client
         return
     locations = [TCPLocation(host, port) for host, port in target.sentinels]
     sentinel_options = {"connect_timeout": CONNECT_TIMEOUT, "stream_timeout": SENTINEL_TIMEOUT}
+    options.pop("username", None)
+    options.pop("password", None)
     async with coredis.Sentinel(
         locations, sentinel_kwargs={**sentinel_options, "decode_responses": True}, **options
     ) as sentinel:
@@ -87,3 +114,24 @@ async def open_redis(target: RedisTarget) -> AsyncIterator[coredis.Redis[str]]:
         )
         async with primary as client:
             yield client  # type: ignore[misc]  # decode_responses=True: a Redis[str]
+
+
+@asynccontextmanager
+async def open_cluster(target: RedisTarget) -> AsyncIterator[coredis.RedisCluster[str]]:
+    """A coredis cluster client: it routes each command to the node that owns its keys."""
+    nodes = [TCPLocation(host, port) for host, port in target.cluster]
+    async with coredis.RedisCluster(
+        startup_nodes=nodes,
+        ssl=target.tls,
+        # A dead primary must not stop the layout being read from the others.
+        skip_full_coverage_check=True,
+        **_options(target),
+    ) as client:
+        yield client
+
+
+@asynccontextmanager
+async def open_node(target: RedisTarget, host: str, port: int) -> AsyncIterator[coredis.Redis[str]]:
+    """A client for one node of the cluster (its shard's pub/sub and acknowledged appends)."""
+    async with coredis.Redis(host, port, ssl=target.tls, **_options(target)) as client:
+        yield client
