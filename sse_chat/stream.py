@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .replica import Replica
 
 MIN_REFUSAL_RETRY_MS = 1000  # a refused client waits at least this long before it comes back
+CATCH_UP_RETRY_SECONDS = 1.0  # a resume whose catch-up failed while connected tries again
 
 
 def jittered(retry_ms: int) -> int:
@@ -202,19 +203,24 @@ async def opening(stream: OpenStream) -> AsyncIterator[bytes]:
         yield ready or sse.KEEPALIVE_FRAME
         if not request.after:
             return
-        with trio.move_on_after(settings.keepalive_seconds):
-            await _until_connected_or_closed(stream)
+        # Connected but the catch-up failed (its room's Redis Cluster shard is down): try again
+        # in a moment rather than at once.
+        pause = CATCH_UP_RETRY_SECONDS if backplane.connected else settings.keepalive_seconds
+        with trio.move_on_after(min(pause, settings.keepalive_seconds)):
+            await _until_connected_or_closed(stream, backplane.connected)
 
 
-async def _until_connected_or_closed(stream: OpenStream) -> None:
-    """Until the backplane is back, or the stream is ended (a drain must not wait for it)."""
+async def _until_connected_or_closed(stream: OpenStream, connected: bool = False) -> None:
+    """Until the backplane is back (unless it is `connected` already), or the stream is ended
+    (a drain must not wait for it)."""
     async with trio.open_nursery() as nursery:
 
-        async def connected() -> None:
+        async def until_connected() -> None:
             await stream.replica.backplane.wait_connected()
             nursery.cancel_scope.cancel()
 
-        nursery.start_soon(connected)
+        if not connected:
+            nursery.start_soon(until_connected)
         while not stream.closed:
             await stream.subscriber.park()  # woken by a push or by the close of the drain
         nursery.cancel_scope.cancel()
