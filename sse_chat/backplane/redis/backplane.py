@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import coredis
+import coredis.exceptions
 import trio
 
 from ...hub import Hub
@@ -256,25 +257,19 @@ class RedisBackplane:
         return self._client
 
     async def _store(self, room: str, keys: list[str], args: list[str | int]) -> Any:
-        """Run the append script; with `min_replicas`, then WAIT on the same connection."""
+        """Run the append script; with `min_replicas`, coredis follows it with WAIT on the same
+        connection (on a cluster, on the room's primary, after any redirect)."""
+        client = self._require_client()
         if not self._min_replicas:
             return await self._append_script(keys=keys, args=args)
-        client: Any = self._client
-        if self._target.is_cluster:
-            session = self._shards.session_for(room) if self._shards is not None else None
-            client = getattr(session.link, "client", None) if session is not None else None
-            if client is None:
-                raise BackplaneUnavailable("Redis: the room's shard cannot be reached")
-        async with client.pipeline(transaction=False) as pipe:
-            stored = self._append_script(keys=keys, args=args, client=pipe)
-            acknowledged = pipe.wait(self._min_replicas, self._wait_ms)
-        outcome, replicas = await stored, await acknowledged
-        if replicas < self._min_replicas and outcome[0] == "new":
+        try:
+            with client.ensure_replication(self._min_replicas, self._wait_ms):
+                return await self._append_script(keys=keys, args=args)
+        except coredis.exceptions.ReplicationError as error:
             raise OutcomeUnknown(
-                f"Redis: stored, but {replicas} of {self._min_replicas} replicas acknowledged"
-                f" it within {self._wait_ms} ms"
-            )
-        return outcome
+                f"Redis: stored, but fewer than {self._min_replicas} replicas acknowledged it"
+                f" within {self._wait_ms} ms"
+            ) from error
 
     @contextmanager
     def _redis_errors_as_unavailable(self, writes: bool = False) -> Iterator[None]:

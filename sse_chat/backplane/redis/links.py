@@ -66,8 +66,7 @@ class ShardLink:
         self._target, self._host, self._port = target, host, port
         self._layout, self._keys, self._replica = layout, keys, replica
         self._control = ""
-        # The node's own client, while a session is connected: its pings, and appends that
-        # must wait for replicas on the same connection.
+        # The node's own client, while a session is connected: its self-pings.
         self.client: coredis.Redis[str] | None = None
 
     def owns(self, room: str) -> bool:
