@@ -137,18 +137,24 @@ class Session:
             pubsub = self._pubsub
             if pubsub is None or room in self.subscribed or not self.feed.hub.has_subscribers(room):
                 return  # the session ended, another follow did it, or the client left
+            failed = ""
             with self.feed.clock.move_on_after(LIVENESS_TIMEOUT) as wait:
                 self._waits.add(wait)  # a session that ends ends this wait too
                 try:
                     await self._follow_rooms(pubsub, [room])
                 except REDIS_ERRORS as error:
-                    # A broken connection ends the session, and the next one follows the
-                    # room; a slow one gets it followed again by the backplane's `follow_missing`.
-                    self.subscribed.discard(room)
-                    self._filling.pop(room, None)
-                    log.info("following room %s failed: %s", room, describe(error))
+                    failed = describe(error)
                 finally:
                     self._waits.discard(wait)
+            if failed or wait.cancelled_caught:
+                # A broken connection ends the session, and the next one follows the room;
+                # after a slow one nothing is left subscribed, and the backplane's
+                # `follow_missing` tries again while the room has clients.
+                log.info("following room %s failed: %s", room, failed or "no answer in time")
+                self.subscribed.discard(room)
+                self._filling.pop(room, None)
+                with suppress(*REDIS_ERRORS):
+                    await pubsub.unsubscribe(self.feed.keys.channel(room))
 
     async def unfollow(self, room: str) -> None:
         """Stop following a room (its last local client left)."""
