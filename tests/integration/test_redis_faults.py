@@ -205,8 +205,13 @@ async def test_streams_opened_while_redis_is_away_get_200_then_exactly_what_they
     await proxy.start()
     a = await start_replica(redis_url=redis.url)
     b = await start_replica(redis_url=proxy.url, keepalive_seconds=0.2)
-    async with a.client() as poster, b.client() as client, open_stream(client, "/rooms/r/events"):
+    async with (
+        a.client() as poster,
+        b.client() as client,
+        open_stream(client, "/rooms/r/events") as watching,
+    ):
         seen = await post(poster, "seen by b", room="r")
+        assert json.loads((await watching.next_named("message")).data) == seen  # b has it
         proxy.cut()
         await wait_until(lambda: not b.app.replica.backplane.connected)
         missed = [await post(poster, f"missed {n}", room="r") for n in range(3)]
