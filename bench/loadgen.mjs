@@ -15,6 +15,12 @@
  * every stream at once while a thread of its own posts at `--rate` until every stream is ready or
  * failed; `--reconnect K`: hold the streams, then close K of them and reopen K at once.
  *
+ * Rooms (`--rooms a,b,c`): message i goes to room i % K. Each stream follows one room (stream j
+ * the room (j / servers) % K, so that every room has streams on every server), or, with
+ * `--multi-room`, every room on one `GET /events?rooms=a,b,c` stream (sse-chat's multi-room
+ * stream, whose `id:` is an opaque cursor: such frames are ordered per room by the message id in
+ * their data). Lost, duplicated and out-of-order messages are counted per room.
+ *
  * A message's text is `b <sequence> <send time ns>`; latency is receive time minus send time,
  * both from process.hrtime.bigint() (CLOCK_MONOTONIC), read once per read event, kept as ns in a
  * Float64Array (exact while uptime < 104 days, 2^53 ns). Streams are read through one shared
@@ -56,6 +62,10 @@ const PROTOCOLS = {
       const at = buffer.indexOf(READY); // first occurrence: if it is not before the cut, none is
       return at >= 0 && at + READY.length <= cut;
     },
+    // A multi-room stream's frame: `id: <cursor>`, so the message id is taken from the data
+    // (sse-chat's message JSON starts with it).
+    roomsFrame:
+      /event: message\r?\ndata: \{"id": ?"(\d+)-(\d+)"[^\n]*?"text": ?"b (\d+) (\d+)"/g,
     postOk: /^HTTP\/1\.[01] 201 /,
   },
   // nchan: `event:` before `id: <unix s>:<index in that second>`, the data is the POST body as
@@ -80,14 +90,17 @@ function hrNow() {
   return Number(process.hrtime.bigint());
 }
 
-/** Counts over every subscriber. */
+/** Counts over every subscriber; duplicates and order violations also per room. */
 class Totals {
-  constructor(expected) {
+  constructor(expected, rooms) {
     // ns, the first `deliveries` used; sized for the expected count (at most 32 MiB), then doubled
     this.latencies = new Float64Array(Math.min(Math.max(1024, expected), 1 << 22));
     this.deliveries = 0;
     this.duplicates = 0;
     this.orderViolations = 0;
+    this.duplicatesByRoom = new Uint32Array(rooms);
+    this.orderViolationsByRoom = new Uint32Array(rooms);
+    this.misrouted = 0; // frames of a room the stream does not follow
     this.firstNs = 0;
     this.lastNs = 0;
   }
@@ -98,16 +111,21 @@ class Totals {
   }
 }
 
-/** One stream's progress: unparsed tail, last id, which sequences it has seen. */
+/** One stream's progress: unparsed tail, which messages it has seen, and per room it follows
+ * the last message id (`lastMs`-`lastSeq`). `room`: the index of the one room it
+ * follows, or -1 for every room of the run (`roomCount` of them) on one multi-room stream. */
 class Subscriber {
-  constructor(messages) {
+  constructor(messages, room, roomCount) {
     this.tail = '';
     this.ready = false;
     this.readyNs = 0; // when it became ready, on hrNow()'s clock
-    this.lastMs = 0; // the last id: lastMs-lastSeq
-    this.lastSeq = 0;
-    this.seen = new Uint8Array(messages);
-    this.got = 0; // how many of `seen` are set
+    this.room = room;
+    this.roomCount = roomCount;
+    const followed = room < 0 ? roomCount : 1;
+    this.lastMs = new Float64Array(followed);
+    this.lastSeq = new Float64Array(followed);
+    // Message i is seen[i] on a stream of every room, else seen[i / roomCount] (its room's i-th).
+    this.seen = new Uint8Array(room < 0 ? messages : Math.ceil(messages / roomCount));
   }
 
   /** Count the complete frames in `tail + data` (latin1 strings); keep the incomplete rest. */
@@ -125,8 +143,9 @@ class Subscriber {
     this.tail = cut + 2 < buffer.length ? buffer.slice(cut + 2) : '';
     // Scan buffer[:cut] without slicing: no match can span the cut (a frame holds no "\n\n"), so
     // the matches that start before it are exactly those in buffer[:cut].
-    const FRAME = protocol.frame;
+    const FRAME = this.room < 0 ? protocol.roomsFrame : protocol.frame;
     const seen = this.seen;
+    const roomCount = this.roomCount;
     let latencies = totals.latencies;
     FRAME.lastIndex = 0;
     let m;
@@ -140,25 +159,50 @@ class Subscriber {
       if (!totals.firstNs) totals.firstNs = nowNs;
       totals.lastNs = nowNs;
       const index = Number(m[3]);
-      if (index >= seen.length) continue;
-      if (seen[index]) {
+      const room = index % roomCount;
+      let slot = room; // which of this stream's rooms
+      let at = index; // where in `seen`
+      if (this.room >= 0) {
+        if (room !== this.room) {
+          totals.misrouted++;
+          continue;
+        }
+        slot = 0;
+        at = (index - room) / roomCount;
+      }
+      if (at >= seen.length) continue;
+      if (seen[at]) {
         totals.duplicates++;
+        totals.duplicatesByRoom[room]++;
         continue;
       }
-      seen[index] = 1;
-      this.got++;
+      seen[at] = 1;
       const ms = Number(m[1]);
       const seq = Number(m[2]);
-      if (ms < this.lastMs || (ms === this.lastMs && seq <= this.lastSeq)) totals.orderViolations++;
-      this.lastMs = ms;
-      this.lastSeq = seq;
+      const lastMs = this.lastMs[slot];
+      if (ms < lastMs || (ms === lastMs && seq <= this.lastSeq[slot])) {
+        totals.orderViolations++;
+        totals.orderViolationsByRoom[room]++;
+      }
+      this.lastMs[slot] = ms;
+      this.lastSeq[slot] = seq;
     }
     FRAME.lastIndex = 0;
   }
 
-  /** How many distinct benchmark messages this stream got. */
-  received() {
-    return this.got;
+  /** Add to `lost[r]` how many messages of room r this stream missed among those the server
+   * answered as stored (`stored[i]` for message i; one whose POST failed yet arrived is not
+   * counted either way). */
+  addLost(stored, lost) {
+    const seen = this.seen;
+    const k = this.roomCount;
+    if (this.room < 0) {
+      for (let i = 0; i < seen.length; i++) if (stored[i] && !seen[i]) lost[i % k]++;
+      return;
+    }
+    for (let at = 0; at < seen.length; at++) {
+      if (stored[at * k + this.room] && !seen[at]) lost[this.room]++;
+    }
   }
 }
 
@@ -211,6 +255,40 @@ function serverRssKib(pids) {
 
 function serverCpuSeconds(pids) {
   return pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
+}
+
+/** CPU seconds (`used_cpu_sys` + `used_cpu_user` of `INFO cpu`) that the Redis on `port` has
+ * used so far: the figure Redis itself gives, to the microsecond. */
+function redisCpuSeconds(port) {
+  return new Promise((resolve, reject) => {
+    let reply = '';
+    const sock = net.connect({ host: '127.0.0.1', port });
+    const fail = (why) => {
+      sock.destroy();
+      reject(new Error(`INFO cpu of the Redis on port ${port}: ${why}`));
+    };
+    sock.setTimeout(5000, () => fail('no answer in 5 s'));
+    sock.on('error', (error) => fail(error.message));
+    sock.on('close', () => fail('connection closed'));
+    sock.on('data', (chunk) => {
+      reply += chunk.toString('latin1');
+      const head = /^\$(\d+)\r\n/.exec(reply); // a bulk string: $<length>, the text, \r\n
+      if (!head || reply.length < head[0].length + Number(head[1])) return;
+      const field = (name) => Number(new RegExp(`^${name}:([\\d.]+)`, 'm').exec(reply)?.[1]);
+      const seconds = field('used_cpu_sys') + field('used_cpu_user');
+      sock.removeAllListeners('close');
+      sock.destroy();
+      if (Number.isNaN(seconds)) reject(new Error(`INFO cpu of port ${port}: ${reply.trim()}`));
+      else resolve(seconds);
+    });
+    sock.write('*2\r\n$4\r\nINFO\r\n$3\r\ncpu\r\n');
+  });
+}
+
+/** `redisCpuSeconds` of each port, as {port: seconds}. */
+async function redisCpu(ports) {
+  const seconds = await Promise.all(ports.map(redisCpuSeconds));
+  return Object.fromEntries(ports.map((port, i) => [port, seconds[i]]));
 }
 
 /** The soft RLIMIT_NOFILE, from /proc (Node has no getrlimit); Infinity when unlimited. */
@@ -310,29 +388,39 @@ class Wave {
 
 /** The POSTs of a run: each on its own `Connection: close` socket, timed until its answer. */
 class Poster {
-  constructor(addrs, room, onSettled = () => {}) {
+  constructor(addrs, rooms, onSettled = () => {}) {
     this.addrs = addrs;
-    this.room = room;
+    this.rooms = rooms;
     this.onSettled = onSettled; // called as each POST ends
     this.inFlight = 0;
     this.ok = 0;
+    this.okByRoom = new Uint32Array(rooms.length);
+    this.stored = new Uint8Array(0); // stored[i]: message i was answered as stored (grown)
     this.failed = 0;
+    this.failures = {}; // why: the status, the socket error's code, or how it ended
     this.latenciesNs = [];
   }
 
-  /** POST benchmark message `sequence`, round-robin over the servers. */
+  /** POST benchmark message `sequence` to room `sequence % K`, round-robin over the servers
+   * (shifted by one server each round over the rooms, so each room's messages go through every
+   * server). */
   post(sequence) {
-    const [host, port] = this.addrs[sequence % this.addrs.length];
+    const roomIndex = sequence % this.rooms.length;
+    const round = Math.floor(sequence / this.rooms.length);
+    const turn = this.rooms.length > 1 ? sequence + round : sequence;
+    const [host, port] = this.addrs[turn % this.addrs.length];
     const sentNs = process.hrtime.bigint();
     const started = Number(sentNs);
     const text = JSON.stringify(messageText(sequence, sentNs));
     const body = Buffer.from(`{"user": "bench", "text": ${text}}`); // json.dumps's separators
     const head =
-      `POST /rooms/${this.room}/messages HTTP/1.1\r\nHost: ${host}:${port}\r\n` +
+      `POST /rooms/${this.rooms[roomIndex]}/messages HTTP/1.1\r\nHost: ${host}:${port}\r\n` +
       `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n` +
       'Connection: close\r\n\r\n';
     let response = '';
     let finished = false;
+    let connected = false;
+    let error = null; // the socket error's code, if any
     this.inFlight++;
     const sock = net.connect({ host, port });
     /** The end: EOF, an error, or a complete response. */
@@ -343,24 +431,44 @@ class Poster {
       this.inFlight--;
       if (protocol.postOk.test(response)) {
         this.ok++;
+        this.okByRoom[roomIndex]++;
+        this.markStored(sequence);
         this.latenciesNs.push(now - started);
       } else {
         this.failed++; // also a refused or timed-out connect
+        const status = /^HTTP\/1\.[01] (\d{3}) /.exec(response)?.[1];
+        const why = status ?? error ?? (connected ? 'closed, no answer' : 'connect timeout');
+        this.failures[why] = (this.failures[why] ?? 0) + 1;
       }
       this.onSettled();
     };
     sock.setNoDelay(true);
     sock.setTimeout(connectTimeoutMs, () => sock.destroy());
-    sock.once('connect', () => sock.setTimeout(0));
+    sock.once('connect', () => {
+      connected = true;
+      sock.setTimeout(0);
+    });
     sock.on('data', (chunk) => {
       const now = hrNow();
       response += chunk.toString('latin1');
       if (responseComplete(response)) finish(now);
     });
-    sock.on('error', () => {});
+    sock.on('error', (e) => {
+      error = e.code ?? e.message;
+    });
     sock.on('end', () => finish(hrNow()));
     sock.on('close', () => finish(hrNow()));
     sock.write(Buffer.concat([Buffer.from(head), body]));
+  }
+
+  /** Message `sequence` was stored (the server answered so). */
+  markStored(sequence) {
+    if (sequence >= this.stored.length) {
+      const grown = new Uint8Array(Math.max(1024, 2 * sequence));
+      grown.set(this.stored);
+      this.stored = grown;
+    }
+    this.stored[sequence] = 1;
   }
 
   /** POST messages 0, 1, ... at `rate`/s until `count` are sent or `stop()` holds when the next
@@ -389,7 +497,12 @@ class Poster {
   summary() {
     const times = msPercentiles(this.latenciesNs);
     const postMs = times && { p50: times.p50, p99: times.p99 };
-    return { posts_ok: this.ok, posts_failed: this.failed, post_ms: postMs };
+    return {
+      posts_ok: this.ok,
+      posts_failed: this.failed,
+      post_failures: this.failures,
+      post_ms: postMs,
+    };
   }
 }
 
@@ -397,11 +510,11 @@ class Poster {
  * waits for the answers (at most `drainTimeout` s) and sends back its summary. On its own event
  * loop, a POST's answer is read when it arrives, not after the main loop's work on a storm of
  * thousands of streams (it only shares the CPU). */
-async function posterThread({ addrs, room, protocolName, connectTimeout, rate, drainTimeout }) {
+async function posterThread({ addrs, rooms, protocolName, connectTimeout, rate, drainTimeout }) {
   protocol = PROTOCOLS[protocolName];
   connectTimeoutMs = connectTimeout * 1000;
   let drained = () => {};
-  const poster = new Poster(addrs, room, () => {
+  const poster = new Poster(addrs, rooms, () => {
     if (poster.inFlight === 0) drained();
   });
   const message = (expected) =>
@@ -427,19 +540,21 @@ async function posterThread({ addrs, room, protocolName, connectTimeout, rate, d
 
 /** Owns the sockets and the counts of one run. */
 class LoadGenerator {
-  constructor(urls, room, messages, pids, expectedDeliveries) {
+  constructor({ urls, rooms, multiRoom, messages, pids, redisPorts, expectedDeliveries }) {
     this.addrs = urls.map(address);
-    this.room = room;
+    this.rooms = rooms;
+    this.multiRoom = multiRoom; // each stream follows every room on one /events?rooms= stream
     this.messages = messages;
     this.pids = pids;
+    this.redisPorts = redisPorts; // whose CPU (INFO cpu) is taken over the sending
     this.subscribers = new Map(); // live streams: socket -> Subscriber
     this.dropped = []; // closed mid-run by the server; what they got still counts
     this.retired = new Set(); // sockets this generator closed on purpose (a reconnect)
     this.waves = [];
     this.streamsOpened = 0; // for the round-robin over the servers
     this.readyLive = 0; // live streams that are ready, kept up to date
-    this.poster = new Poster(this.addrs, room, () => this.notify());
-    this.totals = new Totals(expectedDeliveries);
+    this.poster = new Poster(this.addrs, rooms, () => this.notify());
+    this.totals = new Totals(expectedDeliveries, rooms.length);
     this.closing = false;
     this.wake = null; // re-checks what the run is waiting for; called after every event
   }
@@ -497,10 +612,14 @@ class LoadGenerator {
     wave.notReady = wave.opened - wave.settled;
   }
 
-  /** Issue `count` stream connects at once, round-robin over the servers. */
+  /** Issue `count` stream connects at once, round-robin over the servers; stream j follows room
+   * (j / servers) % K, so each room has streams on every server (or every room, multi-room). */
   openStreams(count, wave) {
+    const servers = this.addrs.length;
     for (let i = 0; i < count; i++) {
-      this.openStream(this.addrs[this.streamsOpened++ % this.addrs.length], wave);
+      const j = this.streamsOpened++;
+      const room = this.multiRoom ? -1 : Math.floor(j / servers) % this.rooms.length;
+      this.openStream(this.addrs[j % servers], room, wave);
     }
     // net.connect() to an address makes its connect() on the next tick, in order: this tick
     // runs after the last of them.
@@ -509,12 +628,14 @@ class LoadGenerator {
     });
   }
 
-  /** One `GET .../events` stream of `wave`. */
-  openStream([host, port], wave) {
+  /** One `GET .../events` stream of `wave`, of room index `room` (-1: every room). */
+  openStream([host, port], room, wave) {
+    const path =
+      room < 0 ? `/events?rooms=${this.rooms.join(',')}` : `/rooms/${this.rooms[room]}/events`;
     const request =
-      `GET /rooms/${this.room}/events HTTP/1.1\r\nHost: ${host}:${port}\r\n` +
+      `GET ${path} HTTP/1.1\r\nHost: ${host}:${port}\r\n` +
       'Accept: text/event-stream\r\n\r\n';
-    const sub = new Subscriber(this.messages);
+    const sub = new Subscriber(this.messages, room, this.rooms.length);
     const totals = this.totals;
     let header = ''; // the response so far while its header is incomplete; null after it
     let state = 'connecting'; // -> 'live' -> 'gone'
@@ -595,20 +716,44 @@ class LoadGenerator {
     sock.write(request);
   }
 
-  /** POST every message at `rate`/s, then wait for deliveries; [CPU s of servers, wall s]. */
+  /** POST every message at `rate`/s, then wait for deliveries; the CPU s of the servers, of
+   * each Redis ({port: s}) and the wall s it took. */
   async send(rate, drainTimeout) {
+    const redis0 = await redisCpu(this.redisPorts);
     const cpu0 = serverCpuSeconds(this.pids);
     const start = hrNow();
     const poster = this.poster;
     await poster.pace(rate, this.messages);
-    const expected = this.subscribers.size;
+    const expected = this.expectedDeliveries();
     const deadline = hrNow() + drainTimeout * 1e9;
     await this.waitFor(
-      (late) => late || (poster.inFlight === 0 && this.totals.deliveries >= expected * poster.ok),
+      (late) => late || (poster.inFlight === 0 && this.totals.deliveries >= expected()),
       deadline,
     );
     const wall = (hrNow() - start) / 1e9;
-    return [serverCpuSeconds(this.pids) - cpu0, wall];
+    const serverCpu = serverCpuSeconds(this.pids) - cpu0;
+    const redis1 = await redisCpu(this.redisPorts);
+    const redisCpuS = Object.fromEntries(
+      Object.entries(redis1).map(([port, seconds]) => [port, seconds - redis0[port]]),
+    );
+    return { serverCpu, redisCpuS, wall };
+  }
+
+  /** A function giving how many deliveries the live streams should have had, by the POSTs
+   * stored so far in the rooms each follows. */
+  expectedDeliveries() {
+    const poster = this.poster;
+    const byRoom = new Uint32Array(this.rooms.length); // live single-room streams per room
+    let everyRoom = 0; // live multi-room streams
+    for (const sub of this.subscribers.values()) {
+      if (sub.room < 0) everyRoom++;
+      else byRoom[sub.room]++;
+    }
+    return () => {
+      let sum = everyRoom * poster.ok;
+      for (let r = 0; r < byRoom.length; r++) sum += byRoom[r] * poster.okByRoom[r];
+      return sum;
+    };
   }
 
   /** Open `count` streams at once while a poster thread posts at `rate`/s, until every stream
@@ -618,7 +763,7 @@ class LoadGenerator {
     const thread = new Worker(new URL(import.meta.url), {
       workerData: {
         addrs: this.addrs,
-        room: this.room,
+        rooms: this.rooms,
         protocolName: protocol.name,
         connectTimeout: connectTimeoutMs / 1000,
         rate,
@@ -694,8 +839,16 @@ async function run(args) {
     process.stderr.write(`loadgen.mjs: open-file limit ${limit} is low for ${streams} streams\n`);
   }
   const messages = args.storm ? 0 : args.messages; // a storm's posts are not followed one by one
-  const expected = args.subscribers * messages;
-  const gen = new LoadGenerator(args.url, args.room, messages, args.pid, expected);
+  const perStream = args.multi_room ? messages : Math.ceil(messages / args.rooms.length);
+  const gen = new LoadGenerator({
+    urls: args.url,
+    rooms: args.rooms,
+    multiRoom: args.multi_room,
+    messages,
+    pids: args.pid,
+    redisPorts: args.redis_port,
+    expectedDeliveries: args.subscribers * perStream,
+  });
   const rssBefore = serverRssKib(args.pid);
   const result = { subscribers: args.subscribers, rss_before_kib: rssBefore };
   if (args.storm) {
@@ -737,11 +890,13 @@ async function run(args) {
     }
     if (args.messages) {
       const usage0 = process.cpuUsage();
-      const [serverCpu, wall] = await gen.send(args.rate, args.drain_timeout);
+      const { serverCpu, redisCpuS, wall } = await gen.send(args.rate, args.drain_timeout);
       const usage = process.cpuUsage(usage0);
       const totals = gen.totals;
-      const everyone = [...gen.subscribers.values(), ...gen.dropped];
-      const received = everyone.reduce((sum, sub) => sum + (sub.ready ? sub.received() : 0), 0);
+      const lostByRoom = new Float64Array(args.rooms.length);
+      for (const sub of [...gen.subscribers.values(), ...gen.dropped]) {
+        if (sub.ready) sub.addLost(gen.poster.stored, lostByRoom);
+      }
       const latencies = totals.sortedLatencies();
       const span =
         totals.deliveries > 1 ? Math.max(1, totals.lastNs - totals.firstNs) / 1e9 : 1;
@@ -751,7 +906,7 @@ async function run(args) {
         ...gen.poster.summary(),
         deliveries: totals.deliveries,
         deliveries_per_s: totals.deliveries / span,
-        lost: ready * gen.poster.ok - received,
+        lost: lostByRoom.reduce((sum, n) => sum + n, 0),
         duplicates: totals.duplicates,
         order_violations: totals.orderViolations,
         latency_ms: Object.fromEntries(
@@ -764,6 +919,19 @@ async function run(args) {
         loadgen_cpu_percent: (100 * loadgenCpu) / wall,
         rss_after_kib: serverRssKib(args.pid),
       });
+      if (args.redis_port.length) result.redis_cpu_s = redisCpuS;
+      if (args.rooms.length > 1) {
+        result.rooms = args.rooms.length;
+        result.multi_room = args.multi_room;
+        result.misrouted = totals.misrouted;
+        result.per_room = args.rooms.map((room, r) => ({
+          room,
+          posts_ok: gen.poster.okByRoom[r],
+          lost: lostByRoom[r],
+          duplicates: totals.duplicatesByRoom[r],
+          order_violations: totals.orderViolationsByRoom[r],
+        }));
+      }
     }
   }
   result.open = gen.waves[0].summary();
@@ -780,10 +948,16 @@ async function run(args) {
 const USAGE = `usage: node bench/loadgen.mjs --url URL [--url URL ...] [options]
   --url URL              server base URL, http://127.0.0.1:PORT (repeat: round-robin)
   --room ROOM            default bench
+  --rooms A,B,...        several rooms instead: message i goes to room i % K; stream j follows
+                         room (j / servers) % K
+  --multi-room           each stream follows every room of --rooms on one
+                         GET /events?rooms=A,B,... stream (sse-chat only)
   --subscribers N        streams to open (default 1000)
   --messages N           messages to post (default 0: hold idle connections only)
   --rate R               messages per second (default 50)
   --pid PID              server pid, for its CPU and RSS (repeat)
+  --redis-port PORT      a Redis (on 127.0.0.1) whose CPU (INFO cpu) to report over the
+                         sending (repeat)
   --protocol P           sse-chat (also the Starlette peer) or nchan (default sse-chat)
   --burst                open every stream at once, not in batches of ${OPEN_BATCH}
   --storm                open every stream at once while posting at --rate until every stream
@@ -822,10 +996,13 @@ function parseCommandLine(argv) {
       options: {
         url: string([], true),
         room: string('bench'),
+        rooms: string(''),
+        'multi-room': { type: 'boolean', default: false },
         subscribers: string('1000'),
         messages: string('0'),
         rate: string('50'),
         pid: string([], true),
+        'redis-port': string([], true),
         protocol: string('sse-chat'),
         burst: { type: 'boolean', default: false },
         storm: { type: 'boolean', default: false },
@@ -850,13 +1027,23 @@ function parseCommandLine(argv) {
     usageError(`--protocol wants one of ${Object.keys(PROTOCOLS).join(', ')}`);
   }
   values.url.forEach(address); // refuse other hosts before anything starts
+  const rooms = values.rooms ? values.rooms.split(',') : [values.room];
+  if (rooms.some((room) => !/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(room))) {
+    usageError('room names are 1-64 letters, digits, _ or -, starting with a letter or digit');
+  }
+  if (new Set(rooms).size !== rooms.length) usageError('--rooms lists a room twice');
+  if (values['multi-room'] && !PROTOCOLS[values.protocol].roomsFrame) {
+    usageError(`--protocol ${values.protocol} has no multi-room stream`);
+  }
   return {
     url: values.url,
-    room: values.room,
+    rooms,
+    multi_room: values['multi-room'],
     subscribers: number('subscribers', values.subscribers, true),
     messages: number('messages', values.messages, true),
     rate: number('rate', values.rate, false, false),
     pid: values.pid.map((pid) => number('pid', pid, true, false)),
+    redis_port: values['redis-port'].map((port) => number('redis-port', port, true, false)),
     protocol: values.protocol,
     burst: values.burst,
     storm: values.storm,

@@ -98,6 +98,24 @@ RECONNECT_METRICS: list[Metric] = [
 ]
 
 
+def redis_metrics(record: Record) -> list[Metric]:
+    """Each Redis node's CPU seconds over the sending (its labels are the same in every run of
+    a scenario), the busiest primary's, and that over the one Redis's of the same repeat."""
+    rows: list[Metric] = [
+        (f"Redis CPU s: {label}", lambda r, label=label: _at(r, "redis_cpu_s", label))
+        for label in record["redis_cpu_s"]
+    ]
+    if len(record["redis_cpu_s"]) > 1:
+        rows += [
+            ("Redis CPU s: busiest primary", lambda r: _at(r, "redis_cpu_busiest_primary_s")),
+            (
+                "busiest primary / one Redis (target <= 0.45)",
+                lambda r: _at(r, "busiest_primary_over_one_redis"),
+            ),
+        ]
+    return rows
+
+
 def metrics_for(records: list[Record]) -> list[Metric]:
     """The rows for a scenario, by the shape of its results."""
     first = records[0]
@@ -105,28 +123,34 @@ def metrics_for(records: list[Record]) -> list[Metric]:
         return STORM_METRICS
     if "reconnect" in first:
         return RECONNECT_METRICS
-    return LOAD_METRICS if "deliveries_per_s" in first else IDLE_METRICS
+    if "deliveries_per_s" not in first:
+        return IDLE_METRICS
+    if "redis_cpu_s" in first:
+        return [*LOAD_METRICS, *redis_metrics(first)]
+    return LOAD_METRICS
+
+
+# Runs that left no figures: a server that died during it, or one that could not be made.
+BROKEN = (("server_exited", "server died (runs)"), ("failed", "failed (runs)"))
 
 
 def summarise(runs: list[Record]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     """scenario -> metric -> server -> {median, min, max, n}; a metric no server has is left out.
 
-    A run whose server died counts in the row `server died (runs)`, and nowhere else."""
+    A run whose server died counts in the row `server died (runs)`, one that could not be made
+    (`failed`) in `failed (runs)`, and nowhere else."""
     summary: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for scenario in dict.fromkeys(run["scenario"] for run in runs):
         mine = [run for run in runs if run["scenario"] == scenario]
-        died = [run for run in mine if run.get("server_exited")]
-        if died:
-            summary[scenario] = {"server died (runs)": {}}
+        for field, row_name in BROKEN:
+            broken = [run for run in mine if run.get(field)]
+            if not broken:
+                continue
+            row = summary.setdefault(scenario, {}).setdefault(row_name, {})
             for server in dict.fromkeys(run["server"] for run in mine):
-                n = float(sum(run["server"] == server for run in died))
-                summary[scenario]["server died (runs)"][server] = {
-                    "median": n,
-                    "min": n,
-                    "max": n,
-                    "n": 1,
-                }
-        mine = [run for run in mine if not run.get("server_exited")]
+                n = float(sum(run["server"] == server for run in broken))
+                row[server] = {"median": n, "min": n, "max": n, "n": 1}
+        mine = [run for run in mine if not any(run.get(field) for field, _ in BROKEN)]
         if not mine:
             continue
         for name, metric in metrics_for([run["result"] for run in mine]):
@@ -188,6 +212,19 @@ def table(summary: dict[str, Any], titles: dict[str, str]) -> str:
     ]
     lines.insert(1, "-+-".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def versus(summary: dict[str, Any], ours: str, theirs: str, metrics: list[str]) -> str:
+    """One line: scenario `ours` against `theirs`, sse-chat's medians of `metrics` and their
+    ratio (e.g. five rooms per stream against one)."""
+    server = SERVERS[0]
+    parts = []
+    for name in metrics:
+        mine = summary[ours].get(name, {}).get(server)
+        other = summary[theirs].get(name, {}).get(server)
+        if mine and other:
+            parts.append(f"{name} {_cell(mine)} vs {_cell(other)} ({_ratio(mine, other)})")
+    return f"{ours} vs {theirs} ({server}): " + ("; ".join(parts) or "nothing to compare")
 
 
 def plot(summary: dict[str, Any], path: Path) -> bool:

@@ -17,65 +17,17 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from contextlib import ExitStack
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from scenarios import NOTES, REDIS_KINDS, SCENARIOS, Scenario, rooms_for
 
 BENCH = Path(__file__).resolve().parent
 VENV = BENCH / ".venv"
 VENV_PYTHON = VENV / "bin" / "python"
 LOADGEN_CPU = "1"
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """One load shape; `messages == 0` holds idle connections only.
-
-    `burst`: the streams open all at once, not in a ramp. `storm`: they open all at once while
-    POSTs go at `rate`/s until every stream is ready. `reconnect`: once all are open, that many
-    are closed and reopened at once. `open_timeout`: seconds for the streams to be ready."""
-
-    name: str
-    title: str
-    subscribers: int
-    messages: int = 0
-    rate: float = 1.0
-    replicas: int = 1
-    burst: bool = False
-    storm: bool = False
-    reconnect: int = 0
-    open_timeout: float = 60.0
-
-    def scaled(self, factor: float) -> Scenario:
-        """The same shape with `factor` times the streams (for a quick smoke run)."""
-        if factor == 1:
-            return self
-        return replace(
-            self,
-            subscribers=max(1, round(self.subscribers * factor)),
-            reconnect=round(self.reconnect * factor),
-            title=f"{self.title} x{factor:g}",
-        )
-
-
-SCENARIOS = {
-    s.name: s
-    for s in (
-        Scenario("a", "(a) 1k subs, 200 msg @50/s", 1000, 200, 50),
-        Scenario("b", "(b) 5k subs at once, 100 msg @20/s", 5000, 100, 20, burst=True),
-        Scenario("c1k", "(c) idle 1k", 1000),
-        Scenario("c5k", "(c) idle 5k", 5000),
-        Scenario("d", "(d) as (a), 3 replicas*", 1000, 200, 50, replicas=3),
-        Scenario("storm", "storm: 5k streams at once, POSTs @20/s", 5000, rate=20, storm=True),
-        Scenario(
-            "reconnect12k",
-            "reconnect12k: 12k idle, 4k reconnect",
-            12000,
-            reconnect=4000,
-            open_timeout=180,
-        ),
-    )
-}
 # Every server kind: the sse-chat replicas, the Starlette peer, nginx + nchan.
 SERVER_KINDS = ("sse-chat", "peer", "nchan")
 
@@ -101,17 +53,27 @@ def raise_fd_limit() -> None:
 
 
 def loadgen(
-    scenario: Scenario, urls: list[str], pids: list[int], room: str, protocol: str
+    scenario: Scenario,
+    urls: list[str],
+    pids: list[int],
+    rooms: list[str],
+    protocol: str,
+    redis_ports: tuple[int, ...] = (),
 ) -> dict[str, Any]:
-    """Run the load generator on its own CPU; its JSON result."""
+    """Run the load generator on its own CPU; its JSON result (with the CPU seconds of each
+    Redis in `redis_ports` over the sending)."""
     command = ["taskset", "-c", LOADGEN_CPU, "node", str(BENCH / "loadgen.mjs")]
-    command += ["--room", room, "--subscribers", str(scenario.subscribers)]
+    command += ["--rooms", ",".join(rooms), "--subscribers", str(scenario.subscribers)]
     command += ["--messages", str(scenario.messages), "--rate", str(scenario.rate)]
     command += ["--protocol", protocol, "--open-timeout", str(scenario.open_timeout)]
     for url in urls:
         command += ["--url", url]
     for pid in pids:
         command += ["--pid", str(pid)]
+    for port in redis_ports:
+        command += ["--redis-port", str(port)]
+    if scenario.multi_room:
+        command += ["--multi-room"]
     if scenario.burst:
         command += ["--burst"]
     if scenario.storm:
@@ -197,6 +159,18 @@ def top_functions(collapsed: Path, count: int = 25) -> str:
     return "\n".join(lines)
 
 
+class ClusterRunFailed(RuntimeError):
+    """A run on the Redis Cluster could not be made; the message says why."""
+
+
+def redis_cpu(by_port: dict[str, float], labels: dict[int, str]) -> dict[str, Any]:
+    """The load generator's CPU seconds per Redis port, by node label (in `labels`' order), and
+    the busiest primary's (the one Redis's)."""
+    by_label = {label: by_port[str(port)] for port, label in labels.items()}
+    primaries = [s for label, s in by_label.items() if not label.startswith("replica")]
+    return {"redis_cpu_s": by_label, "redis_cpu_busiest_primary_s": max(primaries)}
+
+
 def run_one(
     scenario: Scenario,
     server: str,
@@ -204,38 +178,102 @@ def run_one(
     logs: Path,
     serial: int,
     profile_to: Path | None = None,
+    redis: str = "one",
 ) -> dict[str, Any]:
-    """Fresh servers, one load generator run, servers stopped."""
+    """Fresh servers (on a fresh Redis Cluster when `redis` is `cluster`, else on the Redis at
+    `redis_port`, emptied), one load generator run; everything it started is stopped."""
     import procfs
+    import redis_cluster
     import servers
-    from servers import redis_command
 
-    busy = procfs.wait_until_quiet()
-    redis_command(redis_port, "FLUSHALL")
-    replicas = scenario.replicas if server == "sse-chat" else 1
-    with servers.servers(server, replicas, redis_port, sys.executable, logs) as running:
+    with ExitStack() as stack:
+        layout = None
+        if redis == "cluster":
+            try:
+                layout = stack.enter_context(redis_cluster.redis_cluster(logs))
+            except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+                raise ClusterRunFailed(f"no Redis Cluster: {error}") from None
+            labels = layout.labels()
+        else:
+            labels = {redis_port: REDIS_KINDS["one"]}
+        busy = procfs.wait_until_quiet()
+        if layout is None:
+            servers.redis_command(redis_port, "FLUSHALL")
+        replicas = scenario.replicas if server == "sse-chat" else 1
+        url = layout.url if layout else None
+        try:
+            running = stack.enter_context(
+                servers.servers(server, replicas, redis_port, sys.executable, logs, url)
+            )
+        except RuntimeError as error:
+            if layout is None:
+                raise
+            raise ClusterRunFailed(
+                f"the Redis Cluster is up ({', '.join(labels.values())}), but sse-chat did not "
+                f"start with SSE_CHAT_REDIS_URL={url} (this needs redis+cluster:// support, "
+                f"issue #12): {error}"
+            ) from None
         time.sleep(0.5)
         urls = [s.url for s in running]
         pids = [pid for s in running for pid in s.pids()]
         protocol = "nchan" if server == "nchan" else "sse-chat"
         before = sse_chat_metrics(urls) if server == "sse-chat" else None
         spy = profile(running[0].pid, profile_to) if profile_to else None
+        rooms = rooms_for(scenario, serial, layout)
+        measured = tuple(labels) if scenario.shards else ()
         try:
-            result = loadgen(scenario, urls, pids, f"r{serial}", protocol)
+            result = loadgen(scenario, urls, pids, rooms, protocol, measured)
         finally:
             if spy:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
+        if "redis_cpu_s" in result:
+            result.update(redis_cpu(result.pop("redis_cpu_s"), labels))
         # A server that died during the run leaves figures that mean nothing (an RSS of 0).
         exited = [code for s in running if (code := s.process.poll()) is not None]
         if exited:
             print(f"{server} exited ({exited}) during the run: see {logs}", file=sys.stderr)
         elif server == "sse-chat":
             result["server_metrics"] = metrics_change(before, sse_chat_metrics(urls))
-    run = {"scenario": scenario.name, "server": server, "busy_before": busy, "result": result}
+    key = scenario.key(redis)
+    run = {"scenario": key, "server": server, "busy_before": busy, "result": result}
     if exited:
         run["server_exited"] = exited
     return run
+
+
+def plan(
+    scenarios: list[Scenario], kinds: list[str], redis_kinds: list[str]
+) -> list[tuple[Scenario, str, str]]:
+    """(scenario, server, redis) of each run of one repeat, in order: the peers only where they
+    have something to compare, each scenario on what it runs on that `redis_kinds` allows."""
+    runs = []
+    for scenario in scenarios:
+        for server in kinds:
+            if server != "sse-chat" and scenario.sse_chat_only:
+                continue
+            for redis in scenario.redis:
+                if len(scenario.redis) == 1 or redis in redis_kinds:
+                    runs.append((scenario, server, redis))
+    return runs
+
+
+def pair_with_one_redis(runs: list[dict[str, Any]]) -> None:
+    """Give each run on a Redis Cluster its busiest primary's CPU seconds over those of the one
+    Redis in the same repeat (`busiest_primary_over_one_redis`), when both ran."""
+    one = {
+        (run["scenario"].rpartition("/")[0], run["repeat"]): run["result"]
+        for run in runs
+        if run["scenario"].endswith("/one") and "result" in run
+    }
+    for run in runs:
+        if not run["scenario"].endswith("/cluster") or "result" not in run:
+            continue
+        single = one.get((run["scenario"].rpartition("/")[0], run["repeat"]))
+        busiest = run["result"].get("redis_cpu_busiest_primary_s")
+        if single and busiest is not None and single.get("redis_cpu_busiest_primary_s"):
+            ratio = busiest / single["redis_cpu_busiest_primary_s"]
+            run["result"]["busiest_primary_over_one_redis"] = ratio
 
 
 def main() -> None:
@@ -243,6 +281,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
     parser.add_argument("--servers", default=",".join(SERVER_KINDS), help="comma-separated")
+    parser.add_argument(
+        "--redis",
+        default=",".join(REDIS_KINDS),
+        help="what cluster300 runs on: one (Redis), cluster (Redis Cluster), or both, in turn",
+    )
     parser.add_argument(
         "--scale",
         type=float,
@@ -261,12 +304,15 @@ def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so every `finally` stops the processes this run started.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     kinds = args.servers.split(",")
+    redis_kinds = args.redis.split(",")
     unknown = [name for name in args.scenarios.split(",") if name not in SCENARIOS]
     unknown += [kind for kind in kinds if kind not in SERVER_KINDS]
+    unknown += [kind for kind in redis_kinds if kind not in REDIS_KINDS]
     if unknown or args.scale <= 0:
         parser.error(
             f"unknown: {', '.join(unknown) or '--scale must be positive'} "
-            f"(scenarios: {', '.join(SCENARIOS)}; servers: {', '.join(SERVER_KINDS)})"
+            f"(scenarios: {', '.join(SCENARIOS)}; servers: {', '.join(SERVER_KINDS)}; "
+            f"redis: {', '.join(REDIS_KINDS)})"
         )
     missing = [tool for tool in ("node", "taskset", "redis-server") if not shutil.which(tool)]
     if missing:
@@ -276,28 +322,33 @@ def main() -> None:
     import report
     import servers
 
-    if "nchan" in kinds:
+    chosen = [SCENARIOS[name].scaled(args.scale) for name in args.scenarios.split(",")]
+    if "nchan" in kinds and not all(scenario.sse_chat_only for scenario in chosen):
         servers.install_nchan()
     raise_fd_limit()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     logs = args.out / f"logs-{stamp}"
     logs.mkdir(parents=True, exist_ok=True)
-    chosen = [SCENARIOS[name].scaled(args.scale) for name in args.scenarios.split(",")]
     runs: list[dict[str, Any]] = []
+    failures: list[str] = []
     with servers.redis_server(logs) as redis_port:
         serial = 0
         for repeat in range(args.repeats):
-            for scenario in chosen:
-                for server in kinds:
-                    serial += 1
-                    print(
-                        f"[{repeat + 1}/{args.repeats}] {scenario.title}: {server}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    run = run_one(scenario, server, redis_port, logs, serial)
-                    run["repeat"] = repeat
-                    runs.append(run)
+            for scenario, server, redis in plan(chosen, kinds, redis_kinds):
+                serial += 1
+                title = scenario.title_on(redis)
+                print(
+                    f"[{repeat + 1}/{args.repeats}] {title}: {server}", file=sys.stderr, flush=True
+                )
+                try:
+                    run = run_one(scenario, server, redis_port, logs, serial, redis=redis)
+                except ClusterRunFailed as error:
+                    print(f"{title} failed: {error}", file=sys.stderr, flush=True)
+                    failures.append(f"{title}: {error}")
+                    run = {"scenario": scenario.key(redis), "server": server, "failed": str(error)}
+                run["repeat"] = repeat
+                runs.append(run)
+        pair_with_one_redis(runs)
         if args.profile:
             raw = args.out / f"profile-{args.profile}-{stamp}.txt"
             print(f"profiling sse-chat through ({args.profile})", file=sys.stderr, flush=True)
@@ -307,10 +358,13 @@ def main() -> None:
             summary_path.write_text(top_functions(raw) + "\n")
             print(f"profile: {summary_path}", file=sys.stderr)
     summary = report.summarise(runs)
-    titles = {s.name: s.title for s in chosen}
-    text = report.table(summary, titles)
+    titles = {s.key(redis): s.title_on(redis) for s in chosen for redis in s.redis}
+    lines = [report.table(summary, titles)]
+    if "a" in summary and "a5" in summary:
+        lines.append(report.versus(summary, "a5", "a", ["deliveries/s", "latency p99 ms"]))
+    lines += [NOTES[s.name] for s in chosen if s.name in NOTES]
+    text = "\n".join(lines)
     print(text)
-    print("* (d): sse-chat runs 3 replicas on CPU 0 sharing one Redis; the others one process.")
     document = {
         "scenarios": [asdict(s) for s in chosen],
         "repeats": args.repeats,
@@ -323,6 +377,8 @@ def main() -> None:
     plotted = report.plot(summary, args.out / f"bench-{stamp}.png")
     written = "json,txt,png" if plotted else "json,txt"
     print(f"wrote {args.out}/bench-{stamp}.{{{written}}}", file=sys.stderr)
+    if failures:
+        raise SystemExit("bench/run.py: some runs failed:\n" + "\n".join(failures))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The processes under test, on CPU 0: a private redis-server, sse-chat replicas, the Starlette
-peer and nginx + nchan."""
+peer and nginx + nchan (a private Redis Cluster: redis_cluster.py)."""
 
 from __future__ import annotations
 
@@ -31,10 +31,11 @@ POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
 @dataclass(frozen=True)
 class Server:
-    """A running server: its process, base URL, and the scratch directory it owns, if any."""
+    """A running server: its process, base URL, log, and the scratch directory it owns, if any."""
 
     process: subprocess.Popen[bytes]
     url: str
+    log: Path
     workdir: Path | None = None
 
     @property
@@ -154,40 +155,54 @@ def read_metrics(url: str, timeout: float = 10.0) -> dict[str, float]:
     return values
 
 
+# A private Redis: nothing saved, at most 1,000 clients.
+REDIS_ARGS = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxclients", "1000")
+
+
+def start_redis(port: int, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """A private redis-server on `port` with `args` added, pinned to CPU 0, answering PING."""
+    process = spawn(pinned(["redis-server", "--port", str(port), *REDIS_ARGS, *args]), log)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if redis_command(port, "PING").startswith(b"+PONG"):
+                return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop(process)
+                message = f"redis-server on port {port} did not start: see {log}"
+                raise RuntimeError(message) from None
+            time.sleep(0.05)
+
+
+def redis_url(port: int) -> str:
+    """sse-chat's SSE_CHAT_REDIS_URL for the private Redis on `port`."""
+    return f"redis://127.0.0.1:{port}/0"
+
+
 @contextmanager
 def redis_server(logs: Path) -> Iterator[int]:
     """A private, non-persistent redis-server on a free port; yields the port."""
     port = free_port()
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    command += ["--appendonly", "no", "--maxclients", "1000"]
-    process = spawn(pinned(command), logs / "redis.log")
+    process = start_redis(port, logs / "redis.log")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if redis_command(port, "PING").startswith(b"+PONG"):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
         yield port
     finally:
         stop(process)
 
 
-def start_sse_chat(redis_port: int, replica: str, logs: Path) -> Server:
+def start_sse_chat(redis_url: str, replica: str, logs: Path) -> Server:
     port = free_port()
     command = [str(PROJECT_PYTHON), "-m", "sse_chat", "serve", "--port", str(port)]
     command += ["--replica-id", replica]
     env = {
-        "SSE_CHAT_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "SSE_CHAT_REDIS_URL": redis_url,
         # Every benchmark client comes from 127.0.0.1: lift the per-address limits.
         "SSE_CHAT_POST_RATE_LIMIT": "0",
         "SSE_CHAT_MAX_STREAMS_PER_CLIENT": "1000000",
     }
-    process = spawn(pinned(command), logs / f"sse-chat-{replica}.log", env)
-    return Server(process, f"http://127.0.0.1:{port}")
+    log = logs / f"sse-chat-{replica}.log"
+    return Server(spawn(pinned(command), log, env), f"http://127.0.0.1:{port}", log)
 
 
 def start_peer(redis_port: int, python: str, logs: Path) -> Server:
@@ -196,8 +211,8 @@ def start_peer(redis_port: int, python: str, logs: Path) -> Server:
     command += ["--port", str(port), "--loop", "uvloop", "--http", "httptools"]
     command += ["--no-access-log", "--log-level", "warning", "--backlog", "2048"]
     env = {"PEER_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
-    process = spawn(pinned(command), logs / "peer.log", env)
-    return Server(process, f"http://127.0.0.1:{port}")
+    log = logs / "peer.log"
+    return Server(spawn(pinned(command), log, env), f"http://127.0.0.1:{port}", log)
 
 
 def install_nchan() -> None:
@@ -253,8 +268,8 @@ def start_nchan(redis_port: int, logs: Path) -> Server:
     (prefix / "nginx.conf").write_text(config)
     command = [str(NGINX), "-p", f"{prefix}/", "-c", str(prefix / "nginx.conf")]
     command += ["-e", str(logs.resolve() / "nchan-error.log")]  # before the config is read
-    process = spawn(pinned(command), logs / "nchan.log")
-    return Server(process, f"http://127.0.0.1:{port}", prefix)
+    log = logs / "nchan.log"
+    return Server(spawn(pinned(command), log), f"http://127.0.0.1:{port}", log, prefix)
 
 
 def stop_server(server: Server) -> None:
@@ -269,16 +284,34 @@ def stop_server(server: Server) -> None:
         shutil.rmtree(server.workdir, ignore_errors=True)
 
 
+def last_lines(log: Path, count: int = 5) -> str:
+    """The end of a log, to say why a server did not start."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-count:])
+
+
 @contextmanager
 def servers(
-    kind: str, replicas: int, redis_port: int, python: str, logs: Path
+    kind: str,
+    replicas: int,
+    redis_port: int,
+    python: str,
+    logs: Path,
+    sse_chat_redis_url: str | None = None,
 ) -> Iterator[list[Server]]:
-    """`replicas` fresh sse-chat processes, or one peer or nchan, ready; stopped on exit."""
+    """`replicas` fresh sse-chat processes, or one peer or nchan, ready; stopped on exit.
+
+    sse-chat uses `sse_chat_redis_url` when given (a Redis Cluster), else the Redis on
+    `redis_port`."""
     started: list[Server] = []
     try:
         if kind == "sse-chat":
+            url = sse_chat_redis_url or redis_url(redis_port)
             for index in range(replicas):
-                started.append(start_sse_chat(redis_port, f"bench{index}", logs))
+                started.append(start_sse_chat(url, f"bench{index}", logs))
         elif kind == "peer":
             started.append(start_peer(redis_port, python, logs))
         elif kind == "nchan":
@@ -286,7 +319,11 @@ def servers(
         else:
             raise ValueError(f"unknown server kind {kind!r} (one of {', '.join(KINDS)})")
         for server in started:
-            wait_ready(server.process, server.url, kind)
+            try:
+                wait_ready(server.process, server.url, kind)
+            except RuntimeError as error:
+                tail = last_lines(server.log)
+                raise RuntimeError(f"{error}; {server.log} ends:\n{tail}") from None
         yield started
     finally:
         for server in started:

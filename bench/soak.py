@@ -24,7 +24,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from procfs import rss_kib
-from servers import redis_server, start_sse_chat, stop, wait_ready
+from servers import redis_server, redis_url, start_sse_chat, stop, wait_ready
 
 
 class Totals:
@@ -104,7 +104,7 @@ async def soak(minutes: float, streams: int, per_second: float) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     logs = Path(tempfile.mkdtemp(prefix="sse-chat-soak-"))
     with redis_server(logs) as redis_port:
-        server = start_sse_chat(redis_port, "soak", logs)
+        server = start_sse_chat(redis_url(redis_port), "soak", logs)
         try:
             wait_ready(server.process, server.url)
             host, port = server.url.removeprefix("http://").split(":")
