@@ -14,19 +14,25 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def _busy_and_total() -> tuple[int, int]:
+def busy_and_total() -> tuple[int, int]:
+    """Busy and total time of all CPUs so far, in clock ticks (from /proc/stat)."""
     with open("/proc/stat") as stat:
         values = [int(v) for v in stat.readline().split()[1:]]
     idle = values[3] + values[4]
     return sum(values) - idle, sum(values)
 
 
+def busy_since(start: tuple[int, int]) -> float:
+    """How busy all CPUs were since `start` (a `busy_and_total()` reading), 0..1."""
+    busy, total = busy_and_total()
+    return (busy - start[0]) / max(1, total - start[1])
+
+
 def busy_fraction(window: float = 0.5) -> float:
     """How busy all CPUs were over `window` seconds (0..1)."""
-    busy0, total0 = _busy_and_total()
+    start = busy_and_total()
     time.sleep(window)
-    busy1, total1 = _busy_and_total()
-    return (busy1 - busy0) / max(1, total1 - total0)
+    return busy_since(start)
 
 
 def wait_until_quiet(threshold: float = 0.1, timeout: float = 20.0) -> float:

@@ -221,8 +221,10 @@ def run_one(
         spy = profile(running[0].pid, profile_to) if profile_to else None
         rooms = rooms_for(scenario, serial, layout)
         measured = tuple(labels) if scenario.shards else ()
+        machine = procfs.busy_and_total()
         try:
             result = loadgen(scenario, urls, pids, rooms, protocol, measured)
+            busy_during = procfs.busy_since(machine)
         finally:
             if spy:
                 spy.send_signal(signal.SIGINT)
@@ -237,6 +239,9 @@ def run_one(
             result["server_metrics"] = metrics_change(before, sse_chat_metrics(urls))
     key = scenario.key(redis)
     run = {"scenario": key, "server": server, "busy_before": busy, "result": result}
+    # Both CPUs over the load generator's run: ours use CPU 0 and part of CPU 1; far more than
+    # that says other work shared the machine.
+    run["busy_during"] = busy_during
     if exited:
         run["server_exited"] = exited
     return run
