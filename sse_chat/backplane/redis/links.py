@@ -26,6 +26,10 @@ _PUBSUB_OPTIONS: dict[str, Any] = {
 }
 
 
+class NotOwning(Exception):
+    """The node owns no slot (any more), so it has no rooms to deliver."""
+
+
 class SingleLink:
     """The one Redis every room lives on."""
 
@@ -75,11 +79,12 @@ class ShardLink:
     def control(self) -> str:
         if not self._control:
             # A name of ours whose slot this shard owns; picked again by each session.
-            self._control = next(
-                channel
-                for shard in range(1 << 16)
-                if self._owns(channel := self._keys.control(self._replica, shard))
-            )
+            for shard in range(1 << 16):
+                if self._owns(channel := self._keys.control(self._replica, shard)):
+                    self._control = channel
+                    break
+            else:  # the node lost its slots (a failover): its session ends, none replaces it
+                raise NotOwning(f"{self.name} owns no slot of the cluster now")
         return self._control
 
     @asynccontextmanager

@@ -28,6 +28,7 @@ from ...ids import MessageId
 from ...messages import Message
 from ..loop_clock import LoopClock
 from .keys import KeyScheme
+from .links import NotOwning
 from .scripts import REDIS_ERRORS, decode, describe, first_error
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,12 @@ class Session:
             while True:
                 try:
                     await self._session()
-                except* (*REDIS_ERRORS, SessionLost) as group:
+                except* (*REDIS_ERRORS, SessionLost, NotOwning) as group:
+                    reason = first_error(group)
+                except* Exception as group:
+                    # A bug, or coredis failing in a way not foreseen: it must not stop the
+                    # replica's backplane for good. Logged in full; the session starts again.
+                    log.exception("redis %s: the session failed", self.name, exc_info=group)
                     reason = first_error(group)
                 else:
                     reason = "the pub/sub connection ended"

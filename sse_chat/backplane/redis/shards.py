@@ -114,6 +114,9 @@ class ClusterShards:
         except (*REDIS_ERRORS, trio.TooSlowError) as error:
             log.info("redis cluster: cannot read the layout (%s)", describe(error))
             return False
+        except Exception:  # not foreseen: the sessions go on with the layout they have
+            log.exception("redis cluster: reading the layout failed")
+            return False
         return True
 
     def _match_primaries(self, nursery: trio.Nursery) -> None:
