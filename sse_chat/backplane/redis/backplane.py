@@ -239,15 +239,19 @@ class RedisBackplane:
         return messages
 
     def sessions_changed(self, moved: bool = False) -> None:
-        """A session came up or went down, or a room's slot moved."""
+        """A session came up or went down, or a room's slot `moved` (its rooms are followed
+        again once the cluster's layout is read, which calls this again)."""
         shards = self._shards
-        if shards is not None:
-            shards.changed()
-            up = any(session.up for session in shards.sessions())
-            if up and not self._up.is_set():
-                self._up.set()
-            elif not up and self._up.is_set():
-                self._up = trio.Event()
+        if shards is None:
+            return
+        shards.changed()
+        if moved:
+            return
+        up = any(session.up for session in shards.sessions())
+        if up and not self._up.is_set():
+            self._up.set()
+        elif not up and self._up.is_set():
+            self._up = trio.Event()
         self._recheck.set()
 
     # -- internals --------------------------------------------------------------------------

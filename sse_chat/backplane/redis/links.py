@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import coredis
@@ -14,6 +15,7 @@ from coredis.commands.constants import CommandName
 from coredis.patterns.pubsub import PubSub
 from coredis.typing import RedisValueT
 
+from .gather import gather
 from .keys import KeyScheme
 from .target import BACKSTOP_TIMEOUT, RedisTarget, open_node
 
@@ -52,6 +54,9 @@ class SingleLink:
 
     async def ping(self, channel: str) -> None:
         await self._client.publish(channel, "ping")
+
+    async def confirm(self, rooms: list[str]) -> None:
+        pass
 
 
 class ShardLink:
@@ -102,6 +107,14 @@ class ShardLink:
         client = self.client
         if client is not None:
             await client.spublish(channel, "ping")
+
+    async def confirm(self, rooms: list[str]) -> None:
+        """Raise (MOVED, ASK) unless this node serves every room's slot now: a SSUBSCRIBE of a
+        slot it does not serve gets an error reply coredis drops, and would wait unanswered."""
+        client = self.client
+        if client is None:
+            raise coredis.exceptions.ConnectionError(f"{self.name} is not connected")
+        await gather([partial(client.exists, [self._keys.stream(room)]) for room in rooms])
 
     def _owns(self, channel: str) -> bool:
         try:

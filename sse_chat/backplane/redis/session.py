@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager, suppress
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import trio
 
@@ -27,12 +27,12 @@ from ...hub import Hub
 from ...ids import MessageId
 from ...messages import Message
 from ..loop_clock import LoopClock
+from .gather import gather
 from .keys import KeyScheme
 from .links import NotOwning
 from .scripts import REDIS_ERRORS, decode, describe, first_error
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 # Seconds of loop run time Redis may leave a session's command or self-ping unanswered: generous,
 # since a swamped loop reads replies late (a closed or reset connection is noticed at once).
@@ -64,6 +64,10 @@ class Link(Protocol):
 
     async def ping(self, channel: str) -> None:
         """Publish a ping on `channel` (it must reach this link's node)."""
+        ...
+
+    async def confirm(self, rooms: list[str]) -> None:
+        """Raise unless this link's node delivers these rooms now (before subscribing)."""
         ...
 
 
@@ -157,6 +161,7 @@ class Session:
                 # after a slow one nothing is left subscribed, and the backplane's
                 # `follow_missing` tries again while the room has clients.
                 log.info("following room %s failed: %s", room, failed or "no answer in time")
+                self.feed.sessions_changed(moved=True)  # on a cluster: read the layout again
                 self.subscribed.discard(room)
                 self._filling.pop(room, None)
                 with suppress(*REDIS_ERRORS):
@@ -208,6 +213,7 @@ class Session:
         newest = await gather([partial(feed.newest_id, room) for room in new])
         for room, last in zip(new, newest, strict=True):
             feed.forwarded.setdefault(room, last)
+        await self.link.confirm(rooms)
         # Recorded before it is sent: a subscription cut short (error, cancellation) is still
         # answered by an unsubscription when the room empties.
         self.subscribed.update(rooms)
@@ -326,16 +332,3 @@ def unanswered(clock: LoopClock, what: str) -> str:
         f" (the loop itself stalled {clock.stalled:.1f} s in all,"
         f" {clock.longest_stall:.1f} s at most)"
     )
-
-
-async def gather(calls: list[Callable[[], Awaitable[_T]]]) -> list[_T]:
-    """Await every call at once (coredis pipelines their commands on one connection)."""
-    results: dict[int, _T] = {}
-
-    async def one(index: int, call: Callable[[], Awaitable[_T]]) -> None:
-        results[index] = await call()
-
-    async with trio.open_nursery() as nursery:
-        for index, call in enumerate(calls):
-            nursery.start_soon(one, index, call)
-    return [results[index] for index in range(len(calls))]
