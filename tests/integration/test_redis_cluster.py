@@ -520,3 +520,35 @@ async def test_a_slot_migrated_under_traffic_loses_and_repeats_nothing_and_strea
 
 async def _shard_numsub_on(cluster: RedisCluster, nodes: list[RedisServer], room: str) -> list[int]:
     return [(await cluster.shard_numsub(node, channel(room)))[channel(room)] for node in nodes]
+
+
+async def test_primaries_killed_and_restarted_in_turn_leave_the_backplane_following_every_shard(
+    cluster: RedisCluster, start_replica: StartReplica, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each primary in turn is killed, replaced by its replica and back at once (as a replica):
+    the replica ends the sessions of nodes that own nothing now (one may reconnect to its
+    restarted node first), starts ones for the promoted, and goes on following every shard,
+    with no error logged."""
+    rooms = [listed[0] for listed in (await _rooms_on_each_shard(cluster, 1)).values()]
+    await _serve_without_full_coverage(cluster)
+    [replica] = await _start_replicas(start_replica, cluster.url, 1)
+    async with trio.open_nursery() as nursery, replica.client() as client:
+        stream_client = replica.client()
+        await nursery.start(_keep_open, stream_client)
+        reader = await _open(nursery, Reader(stream_client, rooms, several=True))
+        for room in rooms:
+            doomed = await cluster.primary_for(channel(room))
+            await cluster.kill_primary_and_wait_for_failover(doomed)
+            await cluster.restart(doomed)
+            await _serve_without_full_coverage(cluster)
+        await _until_equal(partial(_ready_shards, client), (200, []))
+        posted = [await post(client, f"after the failovers in {room}", room=room) for room in rooms]
+        await _until_delivered([reader], posted)
+        nursery.cancel_scope.cancel()
+    failures = [r for r in caplog.records if r.levelname == "ERROR" and "sse_chat" in r.name]
+    assert not failures, [r.getMessage() for r in failures]
+
+
+async def _ready_shards(client: httpx.AsyncClient) -> tuple[int, list[str]]:
+    ready = await client.get("/readyz")
+    return ready.status_code, ready.json().get("unreachable_shards", [])
