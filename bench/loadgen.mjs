@@ -16,7 +16,7 @@
  * failed; `--reconnect K`: hold the streams, then close K of them and reopen K at once.
  *
  * Rooms (`--rooms a,b,c`): message i goes to room i % K. Each stream follows one room (stream j
- * the room (j / servers) % K, so that every room has streams on every server), or, with
+ * room j % K; a room's streams and messages go through every server in turn), or, with
  * `--multi-room`, every room on one `GET /events?rooms=a,b,c` stream (sse-chat's multi-room
  * stream, whose `id:` is an opaque cursor: such frames are ordered per room by the message id in
  * their data). Lost, duplicated and out-of-order messages are counted per room.
@@ -331,6 +331,14 @@ function responseComplete(response) {
   return false;
 }
 
+/** Which of `servers` item i (message or stream) of room i % `rooms` goes through: round-robin,
+ * shifted by one server each round over the rooms, so that a room's items go through every
+ * server in turn (plain round-robin would send them all through one when `servers` divides
+ * `rooms`), and every room gets an item before any gets a second. */
+function spread(i, rooms, servers) {
+  return ((i % rooms) + Math.floor(i / rooms)) % servers;
+}
+
 /** Summary of ns values in ms: p50, p99, max; null when there are none. */
 function msPercentiles(values) {
   if (values.length === 0) return null;
@@ -401,14 +409,10 @@ class Poster {
     this.latenciesNs = [];
   }
 
-  /** POST benchmark message `sequence` to room `sequence % K`, round-robin over the servers
-   * (shifted by one server each round over the rooms, so each room's messages go through every
-   * server). */
+  /** POST benchmark message `sequence` to room `sequence % K`, through server `spread(...)`. */
   post(sequence) {
     const roomIndex = sequence % this.rooms.length;
-    const round = Math.floor(sequence / this.rooms.length);
-    const turn = this.rooms.length > 1 ? sequence + round : sequence;
-    const [host, port] = this.addrs[turn % this.addrs.length];
+    const [host, port] = this.addrs[spread(sequence, this.rooms.length, this.addrs.length)];
     const sentNs = process.hrtime.bigint();
     const started = Number(sentNs);
     const text = JSON.stringify(messageText(sequence, sentNs));
@@ -612,14 +616,14 @@ class LoadGenerator {
     wave.notReady = wave.opened - wave.settled;
   }
 
-  /** Issue `count` stream connects at once, round-robin over the servers; stream j follows room
-   * (j / servers) % K, so each room has streams on every server (or every room, multi-room). */
+  /** Issue `count` stream connects at once; stream j follows room j % K (or, multi-room, every
+   * room) on server `spread(...)`. */
   openStreams(count, wave) {
-    const servers = this.addrs.length;
+    const k = this.multiRoom ? 1 : this.rooms.length;
     for (let i = 0; i < count; i++) {
       const j = this.streamsOpened++;
-      const room = this.multiRoom ? -1 : Math.floor(j / servers) % this.rooms.length;
-      this.openStream(this.addrs[j % servers], room, wave);
+      const server = this.addrs[spread(j, k, this.addrs.length)];
+      this.openStream(server, this.multiRoom ? -1 : j % k, wave);
     }
     // net.connect() to an address makes its connect() on the next tick, in order: this tick
     // runs after the last of them.
@@ -949,7 +953,7 @@ const USAGE = `usage: node bench/loadgen.mjs --url URL [--url URL ...] [options]
   --url URL              server base URL, http://127.0.0.1:PORT (repeat: round-robin)
   --room ROOM            default bench
   --rooms A,B,...        several rooms instead: message i goes to room i % K; stream j follows
-                         room (j / servers) % K
+                         room j % K
   --multi-room           each stream follows every room of --rooms on one
                          GET /events?rooms=A,B,... stream (sse-chat only)
   --subscribers N        streams to open (default 1000)

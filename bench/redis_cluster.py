@@ -1,5 +1,5 @@
-"""A private Redis Cluster for cluster300 (3 primaries, 3 replicas, pinned to CPU 0), its layout,
-and rooms chosen so that each primary owns the same number.
+"""A private Redis Cluster for cluster300 (3 primaries, 3 replicas), its layout, and rooms chosen
+so that each primary owns the same number.
 
 sse-chat on a cluster keeps every key and the sharded channel of a room under the hash tag
 `{<prefix>:room:<room>}`, so the slot of that tag says which primary carries the room.
@@ -185,10 +185,12 @@ def settled(ports: list[int]) -> Layout | None:
 
 
 @contextmanager
-def redis_cluster(logs: Path, size: int = 2 * SHARDS) -> Iterator[Layout]:
-    """`size` fresh cluster nodes, pinned to CPU 0, made one cluster (`SHARDS` primaries, one
-    replica each) by `redis-cli --cluster create`; yields its settled layout; every node is
-    stopped and its directory removed on exit."""
+def redis_cluster(
+    logs: Path, cpu: str | None = servers.SERVER_CPU, size: int = 2 * SHARDS
+) -> Iterator[Layout]:
+    """`size` fresh cluster nodes, pinned to `cpu` (None: floating), made one cluster (`SHARDS`
+    primaries, one replica each) by `redis-cli --cluster create`; yields its settled layout;
+    every node is stopped and its directory removed on exit."""
     taken: set[int] = set()
     ports = [free_cluster_port(taken) for _ in range(size)]
     workdir = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
@@ -198,7 +200,7 @@ def redis_cluster(logs: Path, size: int = 2 * SHARDS) -> Iterator[Layout]:
             directory = workdir / str(port)
             directory.mkdir()
             log = logs / f"redis-cluster-{port}.log"
-            node = servers.start_redis(port, log, "--dir", str(directory), *NODE_ARGS)
+            node = servers.start_redis(port, log, "--dir", str(directory), *NODE_ARGS, cpu=cpu)
             stack.callback(servers.stop, node)
         addresses = [f"127.0.0.1:{port}" for port in ports]
         redis_cli("--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes")

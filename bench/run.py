@@ -188,13 +188,17 @@ def run_one(
 
     with ExitStack() as stack:
         layout = None
+        cpu = None if scenario.redis_floats else servers.SERVER_CPU
         if redis == "cluster":
             try:
-                layout = stack.enter_context(redis_cluster.redis_cluster(logs))
+                layout = stack.enter_context(redis_cluster.redis_cluster(logs, cpu))
             except (OSError, RuntimeError, subprocess.SubprocessError) as error:
                 raise ClusterRunFailed(f"no Redis Cluster: {error}") from None
             labels = layout.labels()
         else:
+            if cpu != servers.SERVER_CPU:  # a Redis placed as the scenario's cluster would be
+                log = f"redis-{scenario.name}.log"
+                redis_port = stack.enter_context(servers.redis_server(logs, cpu, log))
             labels = {redis_port: REDIS_KINDS["one"]}
         busy = procfs.wait_until_quiet()
         if layout is None:

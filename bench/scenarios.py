@@ -19,7 +19,9 @@ class Scenario:
     `rooms`: messages go round-robin over that many rooms; each stream follows one of them, or
     all of them on one `/events?rooms=` stream if `multi_room`. `shards`: the rooms are chosen
     evenly over that many primaries of a Redis Cluster (by slot). `redis`: what it runs on, in
-    turn: `one` Redis, a Redis `cluster`. `sse_chat_only`: the peers have nothing to compare."""
+    turn: `one` Redis, a Redis `cluster`; `redis_floats`: its Redis processes (a one Redis of
+    its own too) are not pinned to the servers' CPU. `sse_chat_only`: the peers have nothing to
+    compare."""
 
     name: str
     title: str
@@ -35,6 +37,7 @@ class Scenario:
     multi_room: bool = False
     shards: int = 0
     redis: tuple[str, ...] = ("one",)
+    redis_floats: bool = False
     sse_chat_only: bool = False
 
     def key(self, redis: str) -> str:
@@ -96,6 +99,7 @@ SCENARIOS = {
             rooms=300,
             shards=3,
             redis=("one", "cluster"),
+            redis_floats=True,
             sse_chat_only=True,
         ),
     )

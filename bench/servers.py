@@ -63,9 +63,10 @@ def free_port() -> int:
         return port
 
 
-def pinned(command: list[str], cpu: str = SERVER_CPU) -> list[str]:
-    """`command` run by taskset on `cpu` (taskset execs it, so the pid is the command's)."""
-    return ["taskset", "-c", cpu, *command]
+def pinned(command: list[str], cpu: str | None = SERVER_CPU) -> list[str]:
+    """`command` run by taskset on `cpu` (taskset execs it, so the pid is the command's); left
+    to float over every CPU if `cpu` is None."""
+    return command if cpu is None else ["taskset", "-c", cpu, *command]
 
 
 def spawn(
@@ -159,9 +160,13 @@ def read_metrics(url: str, timeout: float = 10.0) -> dict[str, float]:
 REDIS_ARGS = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxclients", "1000")
 
 
-def start_redis(port: int, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """A private redis-server on `port` with `args` added, pinned to CPU 0, answering PING."""
-    process = spawn(pinned(["redis-server", "--port", str(port), *REDIS_ARGS, *args]), log)
+def start_redis(
+    port: int, log: Path, *args: str, cpu: str | None = SERVER_CPU
+) -> subprocess.Popen[bytes]:
+    """A private redis-server on `port` with `args` added, pinned to `cpu` (None: floating),
+    answering PING."""
+    command = ["redis-server", "--port", str(port), *REDIS_ARGS, *args]
+    process = spawn(pinned(command, cpu), log)
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -181,10 +186,11 @@ def redis_url(port: int) -> str:
 
 
 @contextmanager
-def redis_server(logs: Path) -> Iterator[int]:
-    """A private, non-persistent redis-server on a free port; yields the port."""
+def redis_server(logs: Path, cpu: str | None = SERVER_CPU, log: str = "redis.log") -> Iterator[int]:
+    """A private, non-persistent redis-server on a free port, pinned to `cpu` (None: floating);
+    yields the port."""
     port = free_port()
-    process = start_redis(port, logs / "redis.log")
+    process = start_redis(port, logs / log, cpu=cpu)
     try:
         yield port
     finally:
