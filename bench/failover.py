@@ -60,6 +60,8 @@ SETTLE_TIMEOUT = 60.0  # seconds a failover or a rejoin may take before the run 
 RECOVERY_TIMEOUT = 30.0  # seconds sse-chat may take to answer 201 again once Redis settled
 POLL = 0.05
 POST_TIMEOUT = 10.0  # a POST unanswered this long counts as a transport error
+# A connection refused, reset or closed early: trio says so with either kind.
+BROKEN = (OSError, trio.BrokenResourceError)
 NODE_ARGS = (
     "--save", "",
     "--appendonly", "no",
@@ -142,7 +144,7 @@ async def info(port: int, section: str) -> dict[str, str]:
 async def answers(port: int) -> bool:
     try:
         return bool(await command(port, "PING", within=0.5) == "PONG")
-    except (OSError, RedisError, trio.TooSlowError):
+    except (*BROKEN, RedisError, trio.TooSlowError):
         return False
 
 
@@ -337,7 +339,7 @@ class Cluster:
         async def promoted() -> bool:
             try:
                 mine = await self.view(replica.port)
-            except (OSError, RedisError, trio.TooSlowError):
+            except (*BROKEN, RedisError, trio.TooSlowError):
                 return False
             me = next(node for node in mine if node.id == replica.id)
             return me.is_primary and bool(me.slots) and await self.settled()
@@ -355,7 +357,7 @@ class Cluster:
         link to its primary is up."""
         try:
             return await self._settled()
-        except (OSError, RedisError, trio.TooSlowError):
+        except (*BROKEN, RedisError, trio.TooSlowError):
             return False
 
     async def _settled(self) -> bool:
@@ -433,7 +435,7 @@ class Sentinel:
             try:
                 return (await self.room_primary() == replica
                         and (await info(replica, "replication"))["role"] == "master")  # fmt: skip
-            except (OSError, RedisError, trio.TooSlowError):
+            except (*BROKEN, RedisError, trio.TooSlowError):
                 return False
 
         await wait_for(promoted, f"the Sentinel promotes {replica}")
@@ -454,7 +456,7 @@ class Sentinel:
             (replica,) = (port for port in self.ports if port != primary)
             replication = await info(replica, "replication")
             known = await command(self.sentinel, "SENTINEL", "REPLICAS", self.SERVICE)
-        except (OSError, RedisError, trio.TooSlowError):
+        except (*BROKEN, RedisError, trio.TooSlowError):
             return False
         if replication["role"] != "slave" or replication.get("master_link_status") != "up":
             return False
@@ -519,7 +521,7 @@ async def send(port: int, post: Post, key: str, began: float) -> None:
     with trio.move_on_after(POST_TIMEOUT):
         try:
             status, answer = await http(port, "POST", f"/rooms/{ROOM}/messages", body, key)
-        except OSError as error:  # ConnectionError included
+        except BROKEN as error:
             post.outcome, post.detail = f"transport {type(error).__name__}", str(error)[:200]
         else:
             post.outcome, post.detail = outcome_of(status, answer)
@@ -607,7 +609,7 @@ async def measure(
     async def ready() -> bool:
         try:
             return bool((await http(sse_port, "GET", "/readyz"))[0] == 200)
-        except OSError:
+        except BROKEN:
             return False
 
     await wait_for(ready, "sse-chat is ready", 30)
@@ -858,6 +860,7 @@ def run_once(backend: str, knob: int, args: argparse.Namespace, logs: Path) -> d
         return result
 
     print(f"{backend}, SSE_CHAT_REDIS_MIN_REPLICAS={knob}: {topology.url}", flush=True)
+    code = git_state()  # the sse-chat this run starts (the tree may change while it runs)
     try:
         result, posts, stored = trio.run(main)
     finally:
@@ -866,7 +869,7 @@ def run_once(backend: str, knob: int, args: argparse.Namespace, logs: Path) -> d
     with (logs / f"posts-{backend}-{knob}.jsonl").open("w") as out:
         for post in posts:  # every answer, for a closer look at a run
             out.write(json.dumps([*astuple(post), post.text in stored]) + "\n")
-    return {"backend": backend, **result, "sse_chat_log": str(log)}
+    return {"backend": backend, **result, "git": code, "sse_chat_log": str(log)}
 
 
 def main() -> None:
@@ -905,7 +908,6 @@ def main() -> None:
         "started": stamp,
         "seconds": round(time.monotonic() - started, 1),
         "redis": version.stdout.strip(),
-        "git": git_state(),
         "loadavg_at_end": os.getloadavg(),  # other work on the machine shifts the timings
         "args": {**vars(args), "out": str(args.out)},
         "runs": runs,
