@@ -12,6 +12,8 @@ import coredis
 from coredis.connection import TCPLocation
 from coredis.retry import NoRetryPolicy
 
+from .pool_capacity import keep_pool_capacity
+
 CONNECT_TIMEOUT = 1.0  # seconds to open a TCP connection
 SENTINEL_TIMEOUT = 2.0  # seconds a sentinel may take to say where the primary is
 # coredis's own limit on any reply, in wall time: only a last resort. The backplane bounds its
@@ -79,6 +81,7 @@ def parse_redis_url(url: str, password: str | None = None) -> RedisTarget:
 
 
 def _options(target: RedisTarget) -> dict[str, Any]:
+    keep_pool_capacity()
     options: dict[str, Any] = {
         "decode_responses": True,
         "stream_timeout": BACKSTOP_TIMEOUT,
