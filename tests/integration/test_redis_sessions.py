@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import trio
 
-from sse_chat.backplane import BackplaneUnavailable, subscribed
+from sse_chat.backplane import BackplaneUnavailable, OutcomeUnknown, subscribed
 from sse_chat.backplane.redis import (
     HEALTH_INTERVAL,
     LIVENESS_TIMEOUT,
@@ -307,3 +307,26 @@ async def test_a_late_subscribe_acknowledgement_still_follows_the_room_and_unfol
         assert await receive(subscriber, 1) == posted
     await no_subscribers_left(redis, "slow")
     assert during == 1 and replica.reconnects == 0
+
+
+async def test_an_append_whose_connection_breaks_after_it_was_sent_has_an_unknown_outcome(
+    nursery: trio.Nursery, redis: RedisServer, start_backplane: StartBackplane
+) -> None:
+    """Sent, then the connection lost before the answer: Redis may have stored it, so the
+    POST must say `outcome_unknown` (retry only with the same key), never `unavailable`."""
+    proxy = Proxy(nursery, redis)
+    await proxy.start()
+    replica, _ = await start_backplane(proxy.url)
+    await post(replica, "held", "first")  # the script is loaded: the next append is one EVALSHA
+    proxy.hold(b"EVALSHA")
+    async with trio.open_nursery() as appending:
+
+        async def append() -> None:
+            with pytest.raises(OutcomeUnknown):
+                await replica.append(Draft("held", "ann", "in flight"))
+
+        appending.start_soon(append)
+        with trio.fail_after(TIMEOUT):
+            await proxy.held.wait()
+        proxy.cut()
+    proxy.release()

@@ -286,6 +286,8 @@ class RedisBackplane:
         except REDIS_ERRORS as error:
             if self._shards is not None:
                 self._shards.changed()  # on a cluster, a MOVED or a lost node: read the layout
+            if writes and _maybe_ran(error):
+                raise OutcomeUnknown(f"Redis: {describe(error)}") from error
             raise BackplaneUnavailable(f"Redis: {describe(error)}") from error
         if deadline.cancelled_caught:
             late = f"Redis: no answer within {COMMAND_TIMEOUT:g} s"
@@ -370,3 +372,11 @@ class RedisBackplane:
             for room in self.hub.rooms():
                 if room not in followed:
                     await self.follow(room)
+
+
+def _maybe_ran(error: BaseException) -> bool:
+    """Whether a command that failed with `error` may have run: its connection broke after it
+    was sent (not an error answer from Redis, nor a connection that was never made)."""
+    if isinstance(error, coredis.exceptions.ResponseError):
+        return False  # Redis answered: refused (MOVED, CLUSTERDOWN, a script error), not run
+    return not str(error).startswith("Unable to establish a connection")
