@@ -9,6 +9,11 @@ from typing import Any
 
 import trio
 
+from sse_chat.backplane import OutcomeUnknown
+from sse_chat.backplane.redis import RedisBackplane, parse_redis_url
+from sse_chat.hub import Hub
+from sse_chat.messages import Draft
+
 from .conftest import StartRedis, StartReplica
 from .redis_server import RedisServer
 from .support import TIMEOUT, open_stream, post
@@ -117,3 +122,39 @@ async def test_a_retry_on_another_replica_is_not_acknowledged_while_no_replica_h
 
     assert _outcome_unknown(first), first.text
     assert _outcome_unknown(retried), f"{retried.status_code} {retried.text}"
+
+
+async def test_a_burst_of_posts_no_replica_acknowledges_is_each_stored_and_answered_in_time(
+    start_redis: StartRedis,
+) -> None:
+    """200 appends at once, each holding a connection for SSE_CHAT_REDIS_WAIT_MS while no
+    replica answers (as after a failover, at 200 POSTs/s): each is stored and told so; none
+    waits for a connection past the POST deadline (coredis's 64 connections made most wait)."""
+    primary, standby = await _primary_with_one_replica(start_redis)
+    hub = Hub(1 << 20)
+    backplane = RedisBackplane(
+        hub, "burst", 1000, parse_redis_url(primary.url), min_replicas=1, wait_ms=800
+    )
+    answers: list[str] = []
+
+    async def append(n: int) -> None:
+        try:
+            await backplane.append(Draft("burst", "ann", f"m{n}"))
+            answers.append("acknowledged")
+        except OutcomeUnknown as unknown:
+            answers.append("stored" if "replicas acknowledged" in str(unknown) else str(unknown))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(backplane.run)
+        with trio.fail_after(TIMEOUT):
+            await backplane.wait_connected()
+        async with _stopped(standby), trio.open_nursery() as posting:
+            for n in range(200):
+                posting.start_soon(append, n)
+        nursery.cancel_scope.cancel()
+    assert answers == ["stored"] * 200, sorted(set(answers))
+    stored = await trio.run_process(
+        ["redis-cli", "-p", str(primary.port), "XLEN", "sse-chat:room:burst:messages"],
+        capture_stdout=True,
+    )
+    assert int(stored.stdout) == 200

@@ -19,6 +19,11 @@ SENTINEL_TIMEOUT = 2.0  # seconds a sentinel may take to say where the primary i
 # coredis's own limit on any reply, in wall time: only a last resort. The backplane bounds its
 # waits itself, in event-loop run time, so a busy replica does not take Redis for dead.
 BACKSTOP_TIMEOUT = 60.0
+# Connections per pool (per node on a cluster). Commands share connections, except an append
+# that waits for replicas (SSE_CHAT_REDIS_MIN_REPLICAS): it holds one for up to
+# SSE_CHAT_REDIS_WAIT_MS. With coredis's 64, 200 POSTs/s while no replica answered queued for
+# connections past the POST deadline, and none was stored until the queue drained.
+MAX_CONNECTIONS = 512
 
 _HOSTS_SCHEMES = {"redis+sentinel": False, "redis+cluster": False, "rediss+cluster": True}
 
@@ -88,6 +93,7 @@ def _options(target: RedisTarget) -> dict[str, Any]:
         "connect_timeout": CONNECT_TIMEOUT,
         # Never retry on our behalf: a retried append could store a message twice.
         "retry_policy": NoRetryPolicy(),
+        "max_connections": MAX_CONNECTIONS,
     }
     if target.password is not None:
         options["password"] = target.password
@@ -128,6 +134,7 @@ async def open_cluster(target: RedisTarget) -> AsyncIterator[coredis.RedisCluste
         ssl=target.tls,
         # A dead primary must not stop the layout being read from the others.
         skip_full_coverage_check=True,
+        max_connections_per_node=True,
         **_options(target),
     ) as client:
         yield client
