@@ -442,8 +442,14 @@ class Sentinel:
         return replica
 
     async def restart(self, port: int) -> None:
-        """Start a killed node with its config file: it comes back a primary (of nothing, with
-        no persistence) until the Sentinel turns it into a replica."""
+        """Start a killed node as README tells operators to: without its stale RDB and as a
+        replica of the current primary. (Left to come back a primary with the RDB of its last
+        full sync, it was sometimes promoted again by the Sentinel, and the node holding the
+        data resynced from it: acknowledged messages lost that no WAIT could save.)"""
+        directory = self.data / str(port)
+        (directory / "dump.rdb").unlink(missing_ok=True)
+        with (directory / "redis.conf").open("a") as config:
+            config.write(f"\nreplicaof 127.0.0.1 {await self.room_primary()}\n")
         self.processes.start(f"redis-{port}", [], self.logs / f"redis-{port}.log")
         # Whichever node the Sentinel ends up with: it may fail over again meanwhile.
         await wait_for(self.settled, f"{port} restarted: a primary and a synced replica")
