@@ -40,10 +40,8 @@ if Path(sys.prefix).resolve() != VENV.resolve() and not os.environ.get("FAILOVER
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import random  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -52,6 +50,7 @@ from dataclasses import asdict, astuple, dataclass, field  # noqa: E402
 from typing import Any, Protocol  # noqa: E402
 
 import trio  # noqa: E402
+from ports import free_cluster_port  # noqa: E402
 
 ROOM = "failover"
 PREFIX = "sse-chat"
@@ -225,22 +224,6 @@ class Processes:
         self.running.clear()
 
 
-def free_port(taken: set[int]) -> int:
-    """A free port in 20000-29999 whose cluster bus port (port + 10000) is free too."""
-    while True:
-        port = random.randrange(20000, 30000)
-        if port in taken:
-            continue
-        try:
-            with socket.socket() as sock, socket.socket() as bus:
-                sock.bind(("127.0.0.1", port))
-                bus.bind(("127.0.0.1", port + 10000))
-        except OSError:
-            continue
-        taken.add(port)
-        return port
-
-
 # -- the two topologies ------------------------------------------------------------------------
 class Topology(Protocol):
     """What a round needs of a Redis deployment."""
@@ -295,7 +278,7 @@ class Cluster:
 
     def __init__(self, processes: Processes, data: Path, logs: Path, taken: set[int]) -> None:
         self.processes, self.data, self.logs = processes, data, logs
-        self.ports = [free_port(taken) for _ in range(6)]
+        self.ports = [free_cluster_port(taken) for _ in range(6)]
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:3])
         self.stream_key = f"{{{PREFIX}:room:{ROOM}}}:messages"
 
@@ -392,8 +375,8 @@ class Sentinel:
 
     def __init__(self, processes: Processes, data: Path, logs: Path, taken: set[int]) -> None:
         self.processes, self.data, self.logs = processes, data, logs
-        self.ports = [free_port(taken), free_port(taken)]
-        self.sentinel = free_port(taken)
+        self.ports = [free_cluster_port(taken), free_cluster_port(taken)]
+        self.sentinel = free_cluster_port(taken)
         self.url = f"redis+sentinel://127.0.0.1:{self.sentinel}/{self.SERVICE}"
         self.stream_key = f"{PREFIX}:room:{ROOM}:messages"
 
@@ -854,7 +837,7 @@ def run_once(backend: str, knob: int, args: argparse.Namespace, logs: Path) -> d
     node_logs = logs / f"{backend}-{knob}"
     node_logs.mkdir(parents=True)
     topology = kind(processes, data, node_logs, taken)
-    sse_port = free_port(taken)
+    sse_port = free_cluster_port(taken)
     log = logs / f"sse-chat-{backend}-{knob}.log"
     tag = f"{backend}-{knob}-{int(time.time())}"
 

@@ -7,9 +7,7 @@ sse-chat on a cluster keeps every key and the sharded channel of a room under th
 
 from __future__ import annotations
 
-import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import servers
+from ports import free_cluster_port
 from redis.crc import key_slot
 
 SLOTS = 16384
@@ -128,23 +127,6 @@ def rooms_per_shard(
                 break
         n += 1
     return [rooms[i] for i in range(per_shard) for rooms in chosen]
-
-
-def free_cluster_port(taken: set[int]) -> int:
-    """A free port below 30000 whose cluster bus port (port + 10000) is free too: node ports
-    stay clear of every bus port, and all of them of the ephemeral range's start (32768)."""
-    while True:
-        port = random.randrange(20000, 30000)
-        if port in taken:
-            continue
-        try:
-            with socket.socket() as sock, socket.socket() as bus:
-                sock.bind(("127.0.0.1", port))
-                bus.bind(("127.0.0.1", port + 10000))
-        except OSError:
-            continue
-        taken.add(port)
-        return port
 
 
 def redis_cli(*args: str) -> str:
