@@ -20,6 +20,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import coredis
@@ -127,8 +128,9 @@ class RedisBackplane:
                     nursery.start_soon(self._unfollow_rooms_left_empty)
                     nursery.start_soon(self._follow_missing)
                     presence = self._presence
+                    refresh = partial(presence.refresh, followed=self._followed)
                     nursery.start_soon(self._retrying, "writing presence", presence.write_changes)
-                    nursery.start_soon(self._retrying, "refreshing presence", presence.refresh)
+                    nursery.start_soon(self._retrying, "refreshing presence", refresh)
                     nursery.start_soon(self._retrying, "announcing presence", presence.announce)
                     task_status.started()
                     await self._shards.run()
@@ -307,7 +309,7 @@ class RedisBackplane:
             try:
                 if self._client is None:
                     raise BackplaneUnavailable("not running")
-                await task(self._client, self._answered_in_time, self._followed)
+                await task(self._client, self._answered_in_time)
             except (*REDIS_ERRORS, SessionLost, BackplaneUnavailable) as error:
                 log.info("redis backplane: %s failed (%s); retrying", what, describe(error))
             await trio.sleep(random.uniform(RETRY_DELAY, 2 * RETRY_DELAY))

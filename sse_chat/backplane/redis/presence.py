@@ -112,9 +112,7 @@ class RedisPresence:
         self._notices_send.send_nowait((room, change if isinstance(change, dict) else {}))
 
     # -- the session's tasks ---------------------------------------------------------------
-    async def write_changes(
-        self, client: Client, answered: Answered, followed: Callable[[], Iterable[str]]
-    ) -> None:
+    async def write_changes(self, client: Client, answered: Answered) -> None:
         """Write queued changes and announce them, until cancelled (or Redis fails)."""
         while True:
             while not self._changes:
@@ -157,9 +155,7 @@ class RedisPresence:
                     continue
             await trio.sleep(self._ttl / 4)
 
-    async def announce(
-        self, client: Client, answered: Answered, followed: Callable[[], Iterable[str]]
-    ) -> None:
+    async def announce(self, client: Client, answered: Answered) -> None:
         """Turn presence notices from any replica into views for local subscribers."""
         async for room, change in self._notices:
             with answered("a presence read"):
