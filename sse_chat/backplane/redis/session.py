@@ -170,7 +170,8 @@ class Session:
     async def unfollow(self, room: str) -> None:
         """Stop following a room (its last local client left)."""
         async with self._lock:
-            if room not in self.subscribed:
+            # A client may have joined while this waited; its follow saw the room followed.
+            if room not in self.subscribed or self.feed.hub.has_subscribers(room):
                 return
             self.subscribed.discard(room)
             pubsub = self._pubsub
